@@ -1,0 +1,292 @@
+//! Everything one account holds. An account is a closed world: no method
+//! here can reach another account, which is what keeps tenants isolated.
+//!
+//! The routing logic is spread over sibling modules as `impl Account` blocks
+//! (`dispatch.rs`, `offer.rs`, `queue.rs`, ...); this file has the state and
+//! the small helpers they share.
+
+use super::call::LiveCall;
+use super::history::Record;
+use super::ids::{AccountId, CallId, CallbackId, ConnId, NumberId, OfferId, UserId};
+use super::offer::Offer;
+use super::output::{DirectoryChange, Output, RouteKey};
+use super::queue::{Entry, QKey};
+use super::recent::Recent;
+use super::team::Plan;
+use super::time::{Instant, Timestamp};
+use super::timers::{Timer, TimerKey, Timers};
+use super::user::{Activity, User, Wants};
+use super::{NumberIx, Seq, UserIx, number::Number};
+use crate::protocol::agent::AgentMessage;
+use crate::protocol::gateway::GatewayCommand;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    pub(crate) seq: u64,
+    pub(crate) offer: u64,
+    pub(crate) callback: u64,
+    pub(crate) call: u64,
+    pub(crate) message: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Account {
+    pub(crate) id: AccountId,
+    pub(crate) plan: Plan,
+    pub(crate) users: Vec<User>,
+    pub(crate) user_ix: FxHashMap<UserId, UserIx>,
+    pub(crate) numbers: Vec<Number>,
+    pub(crate) number_ix: FxHashMap<NumberId, NumberIx>,
+    /// Queued work (inbound calls and callbacks) from arrival until an agent
+    /// is connected, by arrival order.
+    pub(crate) entries: BTreeMap<Seq, Entry>,
+    pub(crate) entry_by_call: FxHashMap<CallId, Seq>,
+    pub(crate) entry_by_callback: FxHashMap<CallbackId, Seq>,
+    /// Calls with an agent on them (answered inbound, outbound, callbacks).
+    pub(crate) calls: FxHashMap<CallId, LiveCall>,
+    pub(crate) offers: FxHashMap<OfferId, Offer>,
+    pub(crate) conn_user: FxHashMap<ConnId, UserIx>,
+    /// `queue.stats` subscriptions: connection -> numbers.
+    pub(crate) subs: BTreeMap<ConnId, Vec<NumberIx>>,
+    pub(crate) subscribed_numbers: BTreeMap<NumberIx, u32>,
+    pub(crate) stats_timer: Option<TimerKey>,
+    pub(crate) last_stats_flush: Option<Instant>,
+    pub(crate) recent: Recent,
+    pub(crate) timers: Timers,
+    pub(crate) counters: Counters,
+    pub(crate) admin: super::admin::AccountAdmin,
+    pub(crate) now: Instant,
+
+    // Scratch for one input; empty between inputs.
+    /// Users who just became eligible; they pick work before waiting
+    /// entries are re-routed, so the oldest call goes first.
+    #[serde(skip)]
+    pub(crate) freed: VecDeque<UserIx>,
+    /// Entries that need a routing decision, in service order.
+    #[serde(skip)]
+    pub(crate) dirty: BTreeSet<QKey>,
+    #[serde(skip)]
+    pub(crate) out: Vec<Output>,
+}
+
+impl Account {
+    pub(crate) fn new(id: AccountId, plan: Plan, now: Instant) -> Self {
+        Account {
+            id,
+            plan,
+            users: Vec::new(),
+            user_ix: FxHashMap::default(),
+            numbers: Vec::new(),
+            number_ix: FxHashMap::default(),
+            entries: BTreeMap::new(),
+            entry_by_call: FxHashMap::default(),
+            entry_by_callback: FxHashMap::default(),
+            calls: FxHashMap::default(),
+            offers: FxHashMap::default(),
+            conn_user: FxHashMap::default(),
+            subs: BTreeMap::new(),
+            subscribed_numbers: BTreeMap::new(),
+            stats_timer: None,
+            last_stats_flush: None,
+            recent: Recent::default(),
+            timers: Timers::default(),
+            counters: Counters::default(),
+            admin: Default::default(),
+            now,
+            freed: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            out: Vec::new(),
+        }
+    }
+
+    // ---- lookups -------------------------------------------------------
+
+    pub(crate) fn user_named(&self, id: &UserId) -> Option<UserIx> {
+        self.user_ix.get(id).copied()
+    }
+
+    pub(crate) fn number_named(&self, id: &NumberId) -> Option<NumberIx> {
+        self.number_ix.get(id).copied()
+    }
+
+    pub(crate) fn user(&self, u: UserIx) -> &User {
+        &self.users[u.0 as usize]
+    }
+
+    pub(crate) fn user_mut(&mut self, u: UserIx) -> &mut User {
+        &mut self.users[u.0 as usize]
+    }
+
+    pub(crate) fn number(&self, n: NumberIx) -> &Number {
+        &self.numbers[n.0 as usize]
+    }
+
+    pub(crate) fn number_mut(&mut self, n: NumberIx) -> &mut Number {
+        &mut self.numbers[n.0 as usize]
+    }
+
+    pub(crate) fn is_assigned(&self, u: UserIx, n: NumberIx) -> bool {
+        self.user(u).assigned.contains(&n)
+    }
+
+    /// May place calls and send SMS from the number.
+    pub(crate) fn may_use(&self, u: UserIx, n: NumberIx) -> bool {
+        let user = self.user(u);
+        user.assigned.contains(&n) || user.caller_id.contains(&n)
+    }
+
+    /// The target position of `u` in number `n`, if `n` rings `u`.
+    pub(crate) fn position_in(&self, u: UserIx, n: NumberIx) -> Option<u32> {
+        self.user(u)
+            .serves
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|&(_, p)| p)
+    }
+
+    pub(crate) fn next_seq(&mut self) -> Seq {
+        self.counters.seq += 1;
+        Seq(self.counters.seq)
+    }
+
+    /// Engine-issued call ids carry the account so they are unique across
+    /// every shard and can be routed back here.
+    pub(crate) fn new_call_id(&mut self, prefix: &str) -> CallId {
+        self.counters.call += 1;
+        CallId::from(format!("{}.{}{}", self.id, prefix, self.counters.call))
+    }
+
+    // ---- emitting ------------------------------------------------------
+
+    pub(crate) fn send_gateway(&mut self, cmd: GatewayCommand) {
+        self.out.push(Output::Gateway {
+            account: self.id.clone(),
+            cmd,
+        });
+    }
+
+    /// To every device of `u`; dropped when it has none.
+    pub(crate) fn send_user(&mut self, u: UserIx, msg: AgentMessage) {
+        let user = &self.users[u.0 as usize];
+        if user.connected() {
+            self.out.push(Output::User {
+                account: self.id.clone(),
+                user: user.id.clone(),
+                msg,
+            });
+        }
+    }
+
+    pub(crate) fn send_conn(&mut self, conn: ConnId, msg: AgentMessage) {
+        self.out.push(Output::Conn { conn, msg });
+    }
+
+    pub(crate) fn record(&mut self, record: Record) {
+        self.out.push(Output::Record {
+            account: self.id.clone(),
+            record,
+        });
+    }
+
+    pub(crate) fn bind(&mut self, key: RouteKey) {
+        self.out.push(Output::Directory(DirectoryChange::Bind {
+            account: self.id.clone(),
+            key,
+        }));
+    }
+
+    pub(crate) fn arm(&mut self, at: Instant, t: Timer) -> TimerKey {
+        self.timers.arm(at, t)
+    }
+
+    // ---- presence ------------------------------------------------------
+
+    /// Sets what the user is doing, keeping pools, staffing and clients in
+    /// step. All activity changes go through here.
+    pub(crate) fn set_activity(&mut self, u: UserIx, a: Activity) {
+        self.change_user(u, |user, _| user.activity = a);
+    }
+
+    pub(crate) fn set_wants(&mut self, u: UserIx, w: Wants) {
+        self.change_user(u, |user, now| {
+            let was_away = matches!(user.wants, Wants::Away(_));
+            if was_away && w == Wants::Available {
+                // Becoming available starts an idle period (longest_idle).
+                if user.activity == Activity::Idle {
+                    user.idle_since = now;
+                }
+                user.missed_in_row = 0;
+            }
+            user.wants = w;
+        });
+    }
+
+    /// Applies `f` to the user, then re-derives pool membership, staffing
+    /// and the visible status, telling the user's devices if it changed.
+    pub(crate) fn change_user(&mut self, u: UserIx, f: impl FnOnce(&mut User, Instant)) {
+        let now = self.now;
+        let user = &mut self.users[u.0 as usize];
+        let before = status_of(user);
+        // Leave the pools under the old key before anything moves.
+        let was_in = user.in_pools;
+        if was_in {
+            let idle = user.idle_since;
+            let serves = std::mem::take(&mut user.serves);
+            for &(n, pos) in &serves {
+                self.numbers[n.0 as usize].pool.remove(pos, idle);
+            }
+            self.users[u.0 as usize].serves = serves;
+        }
+        let user = &mut self.users[u.0 as usize];
+        f(user, now);
+        let eligible = user.is_eligible();
+        let staffed = user.is_staffed();
+        let after = status_of(user);
+        user.in_pools = eligible;
+        let staffed_delta: i64 = match (user.counted_staffed, staffed) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => 0,
+        };
+        user.counted_staffed = staffed;
+        let idle = user.idle_since;
+        let serves = std::mem::take(&mut user.serves);
+        for &(n, pos) in &serves {
+            let number = &mut self.numbers[n.0 as usize];
+            if eligible {
+                number.pool.insert(pos, idle);
+            }
+            number.staffed = (i64::from(number.staffed) + staffed_delta).max(0) as u32;
+        }
+        self.users[u.0 as usize].serves = serves;
+        if eligible && !was_in {
+            self.freed.push_back(u);
+        }
+        if before != after {
+            let (status, reason, until) = after;
+            self.send_user(
+                u,
+                AgentMessage::Status {
+                    status,
+                    reason,
+                    until: until.map(Timestamp),
+                },
+            );
+            self.mark_stats_for_user(u);
+        }
+    }
+}
+
+type StatusView = (
+    crate::protocol::agent::Status,
+    Option<String>,
+    Option<Instant>,
+);
+
+fn status_of(user: &User) -> StatusView {
+    let (s, r, t) = user.status();
+    (s, r.map(str::to_owned), t)
+}

@@ -1,0 +1,444 @@
+//! Matching free agents with waiting work. Decisions are event-driven: they
+//! run the moment an agent frees up or an entry needs an agent, never on a
+//! polling tick.
+//!
+//! After every input the account *settles*: first each user who just became
+//! eligible takes the oldest entry (priority, then arrival) among all the
+//! numbers it serves; then each entry that lost its offers is routed by its
+//! number's strategy. Agents go first so that a freed agent serves the
+//! longest-waiting caller across its numbers, not whichever call happened to
+//! trigger the decision.
+//!
+//! When settling ends, no eligible agent idles while an entry it could take
+//! waits with no offer out (work conservation; checked by the simulation).
+
+use super::account::Account;
+use super::queue::{Phase, QKey};
+use super::settings::Strategy;
+use super::{Seq, UserIx};
+use crate::protocol::gateway::GatewayCommand;
+
+impl Account {
+    pub(crate) fn settle(&mut self) {
+        loop {
+            if let Some(u) = self.freed.pop_front() {
+                if self.user(u).in_pools {
+                    self.dispatch_agent(u);
+                }
+                continue;
+            }
+            if let Some(key) = self.dirty.pop_first() {
+                self.route_entry(key.seq);
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// A user became eligible: give it the oldest ready entry it has not
+    /// already turned down in this cycle. If it has turned down every ready
+    /// entry, re-route the oldest of those with nobody ringing: a new cycle
+    /// starts, which may well ring this user again.
+    fn dispatch_agent(&mut self, u: UserIx) {
+        while self.user(u).in_pools {
+            let mut best: Option<QKey> = None;
+            let mut best_tried: Option<QKey> = None;
+            for &(n, _) in &self.user(u).serves {
+                for key in &self.number(n).ready {
+                    if best.is_some_and(|b| *key >= b) {
+                        break;
+                    }
+                    let e = &self.entries[&key.seq];
+                    if !e.tried.contains(&u) {
+                        best = Some(*key);
+                        break;
+                    }
+                    if e.offers.is_empty() && best_tried.is_none_or(|b| *key < b) {
+                        best_tried = Some(*key);
+                    }
+                }
+            }
+            if let Some(k) = best {
+                self.offer_and_announce(k.seq, &[u]);
+                return;
+            }
+            match best_tried {
+                Some(k) if self.route_entry(k.seq) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Offers the entry by its number's strategy. Returns whether any offer
+    /// went out. An entry nobody can take waits (or overflows).
+    pub(crate) fn route_entry(&mut self, seq: Seq) -> bool {
+        let Some(e) = self.entries.get(&seq) else {
+            return false;
+        };
+        if e.phase != Phase::Queued {
+            return false;
+        }
+        let n = e.number;
+        let strategy = self.number(n).routing.strategy;
+        if strategy != Strategy::RingAll && !e.offers.is_empty() {
+            return false;
+        }
+        let mut chosen = self.choose(seq);
+        if chosen.is_empty() && e.offers.is_empty() && !self.number(n).pool.is_empty() {
+            // Every eligible target has had its turn: start a new cycle.
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.tried.clear();
+            }
+            chosen = self.choose(seq);
+        }
+        if chosen.is_empty() {
+            if self.entries.get(&seq).is_some_and(|e| e.offers.is_empty()) {
+                self.must_wait(seq);
+            }
+            return false;
+        }
+        self.offer_and_announce(seq, &chosen);
+        true
+    }
+
+    /// The targets to ring for this entry now, by strategy, among the
+    /// number's idle pool minus those that tried it this cycle.
+    fn choose(&self, seq: Seq) -> Vec<UserIx> {
+        let e = &self.entries[&seq];
+        let number = self.number(e.number);
+        let skip = |pos: u32| e.tried.contains(&number.targets[pos as usize]);
+        match number.routing.strategy {
+            Strategy::RingAll => number
+                .pool
+                .positions()
+                .filter(|&p| !skip(p))
+                .map(|p| number.targets[p as usize])
+                .collect(),
+            s => number
+                .pool
+                .select(s, number.rr_last, skip)
+                .map(|p| vec![number.targets[p as usize]])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Rings `users` for the entry and tells the gateway who is ringing.
+    fn offer_and_announce(&mut self, seq: Seq, users: &[UserIx]) {
+        for &u in users {
+            self.offer_one(seq, u);
+        }
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
+        let n = e.number;
+        if let Some(call_id) = e.call_id().cloned() {
+            let agents = users.iter().map(|&u| self.user(u).id.clone()).collect();
+            self.send_gateway(GatewayCommand::CallRinging { call_id, agents });
+        }
+        self.mark_stats(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::testkit::Bed;
+    use crate::protocol::agent::{AgentCommand, AgentMessage, RevokeReason, Status, WantedStatus};
+    use crate::protocol::gateway::{EndReason, GatewayCommand};
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    fn bed(strategy: Strategy, agents: &[&str]) -> Bed {
+        let mut b = Bed::new();
+        b.agents(agents);
+        b.simple_number(N, agents, strategy);
+        for a in agents {
+            b.connect(a);
+        }
+        b.take();
+        b
+    }
+
+    /// Answers and ends a call so its agent is free again (no wrap-up).
+    fn complete(b: &mut Bed, call: &str, agent: &str) {
+        let o = b.offer_to(agent);
+        assert!(b.accept(agent, o).result.is_ok());
+        b.answered(call, agent);
+        b.ended(call, EndReason::AgentHangup);
+        b.take();
+    }
+
+    #[test]
+    fn ring_all_offers_everyone_and_first_accept_wins() {
+        let mut b = bed(Strategy::RingAll, &["a", "b", "c"]);
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a", "b", "c"]);
+        assert!(b.gateway_cmds().contains(&GatewayCommand::CallRinging {
+            call_id: "c1".into(),
+            agents: vec!["a".into(), "b".into(), "c".into()]
+        }));
+        let ob = b.offer_to("b");
+        let oa = b.offer_to("a");
+        b.take();
+        b.accept("b", ob);
+        assert!(b.gateway_cmds().contains(&GatewayCommand::CallBridge {
+            call_id: "c1".into(),
+            agent: "b".into()
+        }));
+        assert!(b.user_msgs("a").contains(&AgentMessage::OfferRevoked {
+            offer_id: oa,
+            reason: RevokeReason::AnsweredElsewhere
+        }));
+        b.take();
+        // A late accept loses, and says why.
+        b.accept("a", oa);
+        assert!(matches!(
+            b.user_msgs("a")[..],
+            [AgentMessage::OfferLost {
+                reason: crate::protocol::agent::LostReason::AnsweredElsewhere,
+                ..
+            }]
+        ));
+        assert!(
+            !b.gateway_cmds()
+                .iter()
+                .any(|c| matches!(c, GatewayCommand::CallBridge { .. }))
+        );
+        b.check();
+    }
+
+    #[test]
+    fn ring_in_order_starts_at_the_top_for_every_call() {
+        let mut b = bed(Strategy::RingInOrder, &["a", "b", "c"]);
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        complete(&mut b, "c1", "a");
+        b.inbound("c2", N);
+        assert_eq!(b.offered_users(), ["a"], "each new call starts at the top");
+        b.take();
+        // With a busy, the next call goes to b.
+        b.inbound("c3", N);
+        assert_eq!(b.offered_users(), ["b"]);
+        b.check();
+    }
+
+    #[test]
+    fn ring_in_order_moves_down_on_decline_and_timeout_then_cycles() {
+        let mut b = bed(Strategy::RingInOrder, &["a", "b", "c"]);
+        b.inbound("c1", N);
+        let oa = b.offer_to("a");
+        b.take();
+        b.decline("a", oa);
+        assert_eq!(b.offered_users(), ["b"], "decline moves on at once");
+        b.take();
+        b.advance(Duration::from_secs(15));
+        assert_eq!(b.offered_users(), ["c"], "ring timeout moves on");
+        b.take();
+        b.advance(Duration::from_secs(15));
+        assert_eq!(
+            b.offered_users(),
+            ["a"],
+            "after a full cycle it starts again at the top"
+        );
+        b.check();
+    }
+
+    #[test]
+    fn round_robin_starts_after_the_last_offered() {
+        let mut b = bed(Strategy::RoundRobin, &["a", "b", "c"]);
+        let mut order = Vec::new();
+        for i in 0..7 {
+            let call = format!("c{i}");
+            b.inbound(&call, N);
+            let who = b.offered_users();
+            assert_eq!(who.len(), 1);
+            order.push(who[0].clone());
+            complete(&mut b, &call, &who[0].clone());
+        }
+        assert_eq!(order, ["a", "b", "c", "a", "b", "c", "a"]);
+        b.check();
+    }
+
+    #[test]
+    fn round_robin_skips_busy_targets_without_losing_their_turn_order() {
+        let mut b = bed(Strategy::RoundRobin, &["a", "b", "c"]);
+        b.inbound("c1", N);
+        let oa = b.offer_to("a");
+        b.accept("a", oa);
+        b.take();
+        b.inbound("c2", N);
+        assert_eq!(b.offered_users(), ["b"]);
+        complete(&mut b, "c2", "b");
+        b.inbound("c3", N);
+        assert_eq!(b.offered_users(), ["c"]);
+        complete(&mut b, "c3", "c");
+        // a is still on c1: the cursor wraps to b.
+        b.inbound("c4", N);
+        assert_eq!(b.offered_users(), ["b"]);
+        b.check();
+    }
+
+    #[test]
+    fn longest_idle_picks_who_has_waited_longest() {
+        let mut b = bed(Strategy::LongestIdle, &["a", "b", "c"]);
+        // All became available at the same instant: configured order breaks ties.
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        b.advance(Duration::from_secs(1));
+        complete(&mut b, "c1", "a");
+        b.advance(Duration::from_secs(1));
+        b.inbound("c2", N);
+        assert_eq!(b.offered_users(), ["b"]);
+        b.advance(Duration::from_secs(1));
+        complete(&mut b, "c2", "b");
+        b.inbound("c3", N);
+        assert_eq!(b.offered_users(), ["c"]);
+        b.advance(Duration::from_secs(1));
+        complete(&mut b, "c3", "c");
+        // a finished first, so a has now been idle longest.
+        b.inbound("c4", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        b.check();
+    }
+
+    #[test]
+    fn longest_idle_counts_from_coming_back_available() {
+        let mut b = bed(Strategy::LongestIdle, &["a", "b"]);
+        b.agent(
+            "a",
+            AgentCommand::StatusSet {
+                status: WantedStatus::Away,
+                reason: Some("lunch".into()),
+            },
+        );
+        b.advance(Duration::from_secs(5));
+        b.agent(
+            "a",
+            AgentCommand::StatusSet {
+                status: WantedStatus::Available,
+                reason: None,
+            },
+        );
+        b.take();
+        b.inbound("c1", N);
+        assert_eq!(
+            b.offered_users(),
+            ["b"],
+            "b has been available longer than a"
+        );
+        b.check();
+    }
+
+    #[test]
+    fn freed_agent_takes_the_oldest_call_across_its_numbers() {
+        let mut b = Bed::new();
+        b.agents(&["a", "b"]);
+        b.simple_number("+15550100", &["a"], Strategy::RingAll);
+        b.simple_number("+15550200", &["a", "b"], Strategy::RingAll);
+        b.connect("a");
+        b.inbound("busy", "+15550100");
+        let o = b.offer_to("a");
+        b.accept("a", o);
+        b.answered("busy", "a");
+        // Two callers wait: first on 200, then on 100.
+        b.inbound("old", "+15550200");
+        b.advance(Duration::from_secs(1));
+        b.inbound("new", "+15550100");
+        b.take();
+        b.ended("busy", EndReason::CallerHangup);
+        assert_eq!(
+            b.offers_to("a")
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>(),
+            ["old"]
+        );
+        b.check();
+    }
+
+    #[test]
+    fn priority_beats_age_across_numbers() {
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        b.simple_number("+15550100", &["a"], Strategy::RingAll);
+        b.simple_number("+15550200", &["a"], Strategy::RingAll);
+        b.inbound("old", "+15550100");
+        b.inbound_prio("vip", "+15550200", Some(5));
+        b.take();
+        b.connect("a");
+        assert_eq!(b.offers_to("a")[0].1, "vip");
+        b.check();
+    }
+
+    #[test]
+    fn an_agent_is_never_offered_two_calls() {
+        let mut b = bed(Strategy::RingAll, &["a"]);
+        b.simple_number("+15550200", &["a"], Strategy::RingAll);
+        b.inbound("c1", N);
+        b.inbound("c2", "+15550200");
+        assert_eq!(b.offers_to("a").len(), 1);
+        assert!(b.gateway_cmds().iter().any(
+            |c| matches!(c, GatewayCommand::CallQueued { call_id, .. } if call_id.as_str() == "c2")
+        ));
+        b.check();
+    }
+
+    #[test]
+    fn ring_all_adds_agents_who_free_up_while_it_rings() {
+        let mut b = bed(Strategy::RingAll, &["a", "b"]);
+        b.agent(
+            "b",
+            AgentCommand::StatusSet {
+                status: WantedStatus::Away,
+                reason: None,
+            },
+        );
+        b.take();
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        b.take();
+        b.agent(
+            "b",
+            AgentCommand::StatusSet {
+                status: WantedStatus::Available,
+                reason: None,
+            },
+        );
+        assert_eq!(b.offered_users(), ["b"]);
+        assert_eq!(b.status_of("a"), Status::Ringing);
+        b.check();
+    }
+
+    #[test]
+    fn settings_change_takes_effect_without_dropping_waiting_calls() {
+        let mut b = bed(Strategy::RingAll, &["a"]);
+        b.agents(&["z"]);
+        b.agent(
+            "a",
+            AgentCommand::StatusSet {
+                status: WantedStatus::Away,
+                reason: None,
+            },
+        );
+        b.inbound("c1", N);
+        b.take();
+        b.connect("z");
+        assert!(
+            b.offers_to("z").is_empty(),
+            "z does not serve the number yet"
+        );
+        let routing = RoutingSettings {
+            strategy: Strategy::RingInOrder,
+            targets: Some(vec!["z".into(), "a".into()]),
+            ..Default::default()
+        };
+        b.number(N, &["a"], routing, QueueSettings::default());
+        assert_eq!(
+            b.offers_to("z").len(),
+            1,
+            "the waiting call is offered under the new targets"
+        );
+        b.check();
+    }
+}

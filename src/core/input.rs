@@ -1,0 +1,58 @@
+//! Everything that can happen to the engine. Inputs are plain data so the
+//! shell can journal them and replay them through the same core.
+
+use super::admin::{Actor, AdminCommand};
+use super::ids::{AccountId, ConnId, UserId};
+use crate::protocol::Ref;
+use crate::protocol::agent::AgentCommand;
+use crate::protocol::gateway::GatewayEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Input {
+    /// Time passed: fire the timers that are due. Every input does this
+    /// first, so a tick carries no data of its own.
+    Tick,
+    /// An event from a gateway, already mapped to its account by the shell.
+    Gateway {
+        account: AccountId,
+        event: GatewayEvent,
+    },
+    /// A softphone connection of `user` opened (after authentication).
+    Connect {
+        account: AccountId,
+        user: UserId,
+        conn: ConnId,
+    },
+    /// A softphone connection closed, for whatever reason.
+    Disconnect { account: AccountId, conn: ConnId },
+    /// A command from a softphone connection.
+    Agent {
+        account: AccountId,
+        conn: ConnId,
+        ref_: Option<Ref>,
+        cmd: AgentCommand,
+    },
+    /// A team or number change from the admin API or config provisioning.
+    Admin {
+        account: AccountId,
+        actor: Actor,
+        cmd: AdminCommand,
+    },
+    /// The process restarted: no connection survived. Fed once after
+    /// replaying the journal, before any new connection.
+    Restarted,
+}
+
+impl Input {
+    pub fn account(&self) -> Option<&AccountId> {
+        match self {
+            Input::Gateway { account, .. }
+            | Input::Connect { account, .. }
+            | Input::Disconnect { account, .. }
+            | Input::Agent { account, .. }
+            | Input::Admin { account, .. } => Some(account),
+            Input::Tick | Input::Restarted => None,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Connections and presence commands: connect, disconnect, `status.set`,
+//! `wrapup.done`, and what a restart does to everyone.
+
+use super::account::Account;
+use super::error::CoreError;
+use super::ids::{ConnId, UserId};
+use super::offer::OfferEnd;
+use super::queue::{EntryKind, Phase};
+use super::time::{Timestamp, millis};
+use super::user::{Activity, Wants};
+use super::{Reply, UserIx};
+use crate::protocol::agent::{AgentMessage, NumberAccess, OfferKind, WantedStatus};
+use crate::protocol::gateway::GatewayCommand;
+
+/// Longest `status.set` reason accepted.
+pub const MAX_REASON_CHARS: usize = 200;
+
+impl Account {
+    /// A device of `user` connected. The first device brings the user
+    /// online with the availability it last chose.
+    pub(crate) fn connect(&mut self, user: &UserId, conn: ConnId) -> Result<Reply, CoreError> {
+        let u = self
+            .user_named(user)
+            .ok_or_else(|| CoreError::not_found(format!("no user {user}")))?;
+        if !self.user(u).active() {
+            return Err(CoreError::forbidden(format!(
+                "user {user} is {}",
+                self.user(u).lifecycle.as_str()
+            )));
+        }
+        if self.conn_user.contains_key(&conn) {
+            return Err(CoreError::conflict("connection already open"));
+        }
+        self.conn_user.insert(conn, u);
+        self.change_user(u, |user, now| {
+            if !user.connected() && user.activity == Activity::Idle {
+                // Logging in starts an idle period (longest_idle).
+                user.idle_since = now;
+            }
+            user.conns.push(conn);
+        });
+        let hello = self.hello(u);
+        self.send_conn(conn, hello);
+        // A second device sees the offer the first one is ringing with.
+        if let Activity::Ringing(id) = self.user(u).activity
+            && let Some(o) = self.offers.get(&id)
+            && let Some(e) = self.entries.get(&o.entry)
+        {
+            let (kind, call_id, callback_id) = match &e.kind {
+                EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
+                EntryKind::Callback { callback_id, .. } => {
+                    (OfferKind::Callback, None, Some(callback_id.clone()))
+                }
+            };
+            let msg = AgentMessage::Offer {
+                offer_id: id,
+                kind,
+                call_id,
+                callback_id,
+                number: self.number(e.number).id.clone(),
+                from: e.from.clone(),
+                expires_in_ms: millis(o.expires_at.saturating_since(self.now)),
+            };
+            self.send_conn(conn, msg);
+        }
+        Ok(Reply::Done)
+    }
+
+    fn hello(&self, u: UserIx) -> AgentMessage {
+        let user = self.user(u);
+        let mut numbers: Vec<_> = user
+            .assigned
+            .iter()
+            .chain(&user.caller_id)
+            .copied()
+            .collect();
+        numbers.sort();
+        numbers.dedup();
+        let numbers = numbers
+            .into_iter()
+            .map(|n| {
+                let number = self.number(n);
+                NumberAccess {
+                    number: number.id.clone(),
+                    name: number.name.clone(),
+                    assigned: user.assigned.contains(&n),
+                    caller_id: true,
+                }
+            })
+            .collect();
+        AgentMessage::Hello {
+            user: user.id.clone(),
+            account: self.id.clone(),
+            role: user.role,
+            numbers,
+            status: user.status().0,
+            server_time: Timestamp(self.now),
+        }
+    }
+
+    /// A device went away. With the last one the user is offline and its
+    /// pending offer is withdrawn at once; the call moves on.
+    pub(crate) fn disconnect(&mut self, conn: ConnId) -> Result<Reply, CoreError> {
+        let Some(u) = self.conn_user.remove(&conn) else {
+            return Ok(Reply::Duplicate);
+        };
+        self.unsubscribe(conn);
+        let last = self.user(u).conns == [conn];
+        if last {
+            self.end_pending_offer(u, OfferEnd::Withdrawn);
+        }
+        self.change_user(u, |user, _| user.conns.retain(|&c| c != conn));
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn status_set(
+        &mut self,
+        u: UserIx,
+        status: WantedStatus,
+        reason: Option<String>,
+    ) -> Result<Reply, CoreError> {
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+        {
+            return Err(CoreError::bad_request(format!(
+                "reason is longer than {MAX_REASON_CHARS} characters"
+            )));
+        }
+        match status {
+            WantedStatus::Available => self.set_wants(u, Wants::Available),
+            WantedStatus::Away => {
+                // Going away while rung turns the offer down; it moves on.
+                self.end_pending_offer(u, OfferEnd::Withdrawn);
+                self.set_wants(u, Wants::Away(reason));
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    pub(crate) fn wrapup_done(&mut self, u: UserIx) -> Result<Reply, CoreError> {
+        if !matches!(self.user(u).activity, Activity::WrapUp { .. }) {
+            return Err(CoreError::conflict("not in wrap-up"));
+        }
+        self.end_wrap_up(u);
+        Ok(Reply::Done)
+    }
+
+    /// After a restart no connection exists: everyone is offline, offers are
+    /// withdrawn (their calls are offered again as agents come back), and
+    /// connections the gateway may not have heard about are asked again.
+    pub(crate) fn restarted(&mut self) {
+        let conns: Vec<ConnId> = self.conn_user.keys().copied().collect();
+        let mut conns = conns;
+        conns.sort();
+        for conn in conns {
+            let _ = self.disconnect(conn);
+        }
+        // Re-send the commands whose answer never came, so a gateway that
+        // lost them converges. Gateways treat a repeat for the same call and
+        // agent as idempotent (docs/protocol.md).
+        let connecting: Vec<_> = self
+            .entries
+            .values()
+            .filter_map(|e| match &e.phase {
+                Phase::Connecting { agent, dial } => Some((e.seq, *agent, dial.clone())),
+                _ => None,
+            })
+            .collect();
+        for (seq, agent, dial) in connecting {
+            let e = &self.entries[&seq];
+            let agent_id = self.user(agent).id.clone();
+            let cmd = match (&e.kind, dial) {
+                (EntryKind::Call { call_id }, _) => GatewayCommand::CallBridge {
+                    call_id: call_id.clone(),
+                    agent: agent_id,
+                },
+                (
+                    EntryKind::Callback {
+                        callback_id, phone, ..
+                    },
+                    Some(dial),
+                ) => GatewayCommand::CallbackDial {
+                    callback_id: callback_id.clone(),
+                    call_id: dial,
+                    agent: agent_id,
+                    to: phone.clone(),
+                    caller_id: self.number(e.number).id.clone(),
+                },
+                _ => continue,
+            };
+            self.send_gateway(cmd);
+        }
+    }
+}

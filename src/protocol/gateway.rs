@@ -1,0 +1,306 @@
+//! Gateway <-> engine messages.
+
+use super::{ErrorCode, Ref};
+use crate::core::ids::{CallId, CallbackId, MessageId, NumberId, Phone, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Events a gateway sends. `seq` and `ref` travel beside the event in the
+/// frame (see [`GatewayFrame`]); the core never sees them.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize, Serialize)]
+#[serde(tag = "type")]
+pub enum GatewayEvent {
+    #[serde(rename = "call.inbound")]
+    CallInbound {
+        call_id: CallId,
+        to: NumberId,
+        from: Phone,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<u8>,
+    },
+    #[serde(rename = "call.answered")]
+    CallAnswered { call_id: CallId, agent: UserId },
+    #[serde(rename = "call.bridge_failed")]
+    CallBridgeFailed {
+        call_id: CallId,
+        agent: UserId,
+        reason: String,
+    },
+    #[serde(rename = "call.ended")]
+    CallEnded { call_id: CallId, reason: EndReason },
+    #[serde(rename = "callback.requested")]
+    CallbackRequested {
+        call_id: CallId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phone: Option<Phone>,
+    },
+    #[serde(rename = "callback.result")]
+    CallbackResult {
+        callback_id: CallbackId,
+        outcome: DialOutcome,
+    },
+    #[serde(rename = "message.inbound")]
+    MessageInbound {
+        message_id: MessageId,
+        to: NumberId,
+        from: Phone,
+        body: String,
+    },
+    #[serde(rename = "message.status")]
+    MessageStatus {
+        message_id: MessageId,
+        status: DeliveryStatus,
+    },
+    #[serde(rename = "voicemail.recorded")]
+    VoicemailRecorded {
+        call_id: CallId,
+        url: String,
+        duration_ms: u64,
+    },
+}
+
+impl GatewayEvent {
+    pub const TYPES: [&'static str; 9] = [
+        "call.inbound",
+        "call.answered",
+        "call.bridge_failed",
+        "call.ended",
+        "callback.requested",
+        "callback.result",
+        "message.inbound",
+        "message.status",
+        "voicemail.recorded",
+    ];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            GatewayEvent::CallInbound { .. } => "call.inbound",
+            GatewayEvent::CallAnswered { .. } => "call.answered",
+            GatewayEvent::CallBridgeFailed { .. } => "call.bridge_failed",
+            GatewayEvent::CallEnded { .. } => "call.ended",
+            GatewayEvent::CallbackRequested { .. } => "callback.requested",
+            GatewayEvent::CallbackResult { .. } => "callback.result",
+            GatewayEvent::MessageInbound { .. } => "message.inbound",
+            GatewayEvent::MessageStatus { .. } => "message.status",
+            GatewayEvent::VoicemailRecorded { .. } => "voicemail.recorded",
+        }
+    }
+}
+
+/// A whole gateway frame: the event plus transport fields.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize, Serialize)]
+pub struct GatewayFrame {
+    pub seq: u64,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub ref_: Option<Ref>,
+    #[serde(flatten)]
+    pub event: GatewayEvent,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    CallerHangup,
+    AgentHangup,
+    VoicemailDone,
+    Transferred,
+    Failed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DialOutcome {
+    Connected,
+    NoAnswer,
+    Busy,
+    Failed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Failed,
+}
+
+/// Why a call is sent to voicemail, forwarded or hung up by the engine.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowReason {
+    QueueFull,
+    MaxWait,
+    NoAgents,
+    Closed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorMode {
+    Listen,
+    Whisper,
+    Barge,
+}
+
+/// Commands the engine sends to a gateway.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum GatewayCommand {
+    #[serde(rename = "ack")]
+    Ack { seq: u64 },
+    #[serde(rename = "call.ringing")]
+    CallRinging {
+        call_id: CallId,
+        agents: Vec<UserId>,
+    },
+    #[serde(rename = "call.queued")]
+    CallQueued {
+        call_id: CallId,
+        position: u32,
+        ewt_ms: u64,
+        /// Extension: false when no honest estimate exists (too few recent
+        /// calls, nobody staffed); the gateway should not announce a wait.
+        ewt_known: bool,
+    },
+    #[serde(rename = "call.announce")]
+    CallAnnounce {
+        call_id: CallId,
+        position: u32,
+        ewt_ms: u64,
+        ewt_known: bool,
+    },
+    #[serde(rename = "call.bridge")]
+    CallBridge { call_id: CallId, agent: UserId },
+    #[serde(rename = "call.voicemail")]
+    CallVoicemail {
+        call_id: CallId,
+        reason: OverflowReason,
+    },
+    #[serde(rename = "call.forward")]
+    CallForward {
+        call_id: CallId,
+        to: NumberId,
+        reason: OverflowReason,
+    },
+    #[serde(rename = "call.hangup")]
+    CallHangup {
+        call_id: CallId,
+        reason: HangupReason,
+    },
+    #[serde(rename = "callback.accepted")]
+    CallbackAccepted {
+        call_id: CallId,
+        callback_id: CallbackId,
+        position: u32,
+    },
+    #[serde(rename = "callback.dial")]
+    CallbackDial {
+        callback_id: CallbackId,
+        call_id: CallId,
+        agent: UserId,
+        to: Phone,
+        caller_id: NumberId,
+    },
+    #[serde(rename = "call.dial")]
+    CallDial {
+        call_id: CallId,
+        agent: UserId,
+        to: Phone,
+        caller_id: NumberId,
+    },
+    #[serde(rename = "call.monitor")]
+    CallMonitor {
+        call_id: CallId,
+        supervisor: UserId,
+        mode: MonitorMode,
+    },
+    #[serde(rename = "message.send")]
+    MessageSend {
+        message_id: MessageId,
+        from: NumberId,
+        to: Phone,
+        body: String,
+    },
+    #[serde(rename = "error")]
+    Error {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        ref_: Option<Ref>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl GatewayCommand {
+    /// The call this command is about, for delivering it to the gateway that
+    /// carries that call.
+    pub fn call_id(&self) -> Option<&CallId> {
+        match self {
+            GatewayCommand::CallRinging { call_id, .. }
+            | GatewayCommand::CallQueued { call_id, .. }
+            | GatewayCommand::CallAnnounce { call_id, .. }
+            | GatewayCommand::CallBridge { call_id, .. }
+            | GatewayCommand::CallVoicemail { call_id, .. }
+            | GatewayCommand::CallForward { call_id, .. }
+            | GatewayCommand::CallHangup { call_id, .. }
+            | GatewayCommand::CallbackAccepted { call_id, .. }
+            | GatewayCommand::CallMonitor { call_id, .. } => Some(call_id),
+            _ => None,
+        }
+    }
+}
+
+/// Why the engine asks the gateway to end a call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupReason {
+    /// Overflow with `overflow = "hangup"`.
+    QueueFull,
+    MaxWait,
+    NoAgents,
+    Closed,
+    /// The agent asked (`call.hangup` from the softphone).
+    AgentRequest,
+}
+
+impl From<OverflowReason> for HangupReason {
+    fn from(r: OverflowReason) -> Self {
+        match r {
+            OverflowReason::QueueFull => HangupReason::QueueFull,
+            OverflowReason::MaxWait => HangupReason::MaxWait,
+            OverflowReason::NoAgents => HangupReason::NoAgents,
+            OverflowReason::Closed => HangupReason::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_parses_with_seq_and_ref() {
+        let f: GatewayFrame = serde_json::from_str(
+            r#"{"type":"call.inbound","seq":3,"ref":"r1","call_id":"c1","to":"+15550100","from":"+15551230001"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.seq, 3);
+        assert_eq!(f.ref_.as_deref(), Some("r1"));
+        assert!(matches!(
+            f.event,
+            GatewayEvent::CallInbound { priority: None, .. }
+        ));
+    }
+
+    #[test]
+    fn commands_serialize_with_dotted_types() {
+        let c = GatewayCommand::CallBridge {
+            call_id: "c1".into(),
+            agent: "alice".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"type":"call.bridge","call_id":"c1","agent":"alice"}"#
+        );
+    }
+}
