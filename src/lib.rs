@@ -2,6 +2,10 @@
 //!
 //! - [`core`]: the routing engine, a deterministic state machine.
 //! - [`protocol`]: the wire messages of `shared/PROTOCOL.md`.
+//! - [`config`]: the TOML config file.
+//! - [`store`]: the journal, snapshots and history (SQLite).
 
+pub mod config;
 pub mod core;
 pub mod protocol;
+pub mod store;

@@ -140,11 +140,7 @@ impl Account {
 
     /// The target position of `u` in number `n`, if `n` rings `u`.
     pub(crate) fn position_in(&self, u: UserIx, n: NumberIx) -> Option<u32> {
-        self.user(u)
-            .serves
-            .iter()
-            .find(|(m, _)| *m == n)
-            .map(|&(_, p)| p)
+        self.user(u).serves.iter().find(|(m, _)| *m == n).map(|&(_, p)| p)
     }
 
     pub(crate) fn next_seq(&mut self) -> Seq {
@@ -162,21 +158,14 @@ impl Account {
     // ---- emitting ------------------------------------------------------
 
     pub(crate) fn send_gateway(&mut self, cmd: GatewayCommand) {
-        self.out.push(Output::Gateway {
-            account: self.id.clone(),
-            cmd,
-        });
+        self.out.push(Output::Gateway { account: self.id.clone(), cmd });
     }
 
     /// To every device of `u`; dropped when it has none.
     pub(crate) fn send_user(&mut self, u: UserIx, msg: AgentMessage) {
         let user = &self.users[u.0 as usize];
         if user.connected() {
-            self.out.push(Output::User {
-                account: self.id.clone(),
-                user: user.id.clone(),
-                msg,
-            });
+            self.out.push(Output::User { account: self.id.clone(), user: user.id.clone(), msg });
         }
     }
 
@@ -185,17 +174,11 @@ impl Account {
     }
 
     pub(crate) fn record(&mut self, record: Record) {
-        self.out.push(Output::Record {
-            account: self.id.clone(),
-            record,
-        });
+        self.out.push(Output::Record { account: self.id.clone(), record });
     }
 
     pub(crate) fn bind(&mut self, key: RouteKey) {
-        self.out.push(Output::Directory(DirectoryChange::Bind {
-            account: self.id.clone(),
-            key,
-        }));
+        self.out.push(Output::Directory(DirectoryChange::Bind { account: self.id.clone(), key }));
     }
 
     pub(crate) fn arm(&mut self, at: Instant, t: Timer) -> TimerKey {
@@ -267,24 +250,13 @@ impl Account {
         }
         if before != after {
             let (status, reason, until) = after;
-            self.send_user(
-                u,
-                AgentMessage::Status {
-                    status,
-                    reason,
-                    until: until.map(Timestamp),
-                },
-            );
+            self.send_user(u, AgentMessage::Status { status, reason, until: until.map(Timestamp) });
             self.mark_stats_for_user(u);
         }
     }
 }
 
-type StatusView = (
-    crate::protocol::agent::Status,
-    Option<String>,
-    Option<Instant>,
-);
+type StatusView = (crate::protocol::agent::Status, Option<String>, Option<Instant>);
 
 fn status_of(user: &User) -> StatusView {
     let (s, r, t) = user.status();

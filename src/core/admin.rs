@@ -71,9 +71,7 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 impl Account {
     pub(crate) fn admin(&mut self, actor: Actor, cmd: AdminCommand) -> Result<Reply, CoreError> {
         if let Actor::User(id) = &actor {
-            let u = self
-                .user_named(id)
-                .ok_or_else(|| CoreError::forbidden("unknown actor"))?;
+            let u = self.user_named(id).ok_or_else(|| CoreError::forbidden("unknown actor"))?;
             if !self.user(u).active() || !self.user(u).role.is_manager() {
                 return Err(CoreError::forbidden("owners and admins only"));
             }
@@ -83,16 +81,11 @@ impl Account {
                 self.plan = plan;
                 Ok(Reply::Done)
             }
-            AdminCommand::UpsertUser {
-                user,
-                email,
-                role,
-                token_hash,
-            } => self.upsert_user(user, email, role, token_hash),
+            AdminCommand::UpsertUser { user, email, role, token_hash } => {
+                self.upsert_user(user, email, role, token_hash)
+            }
             AdminCommand::SetLifecycle { user, lifecycle } => {
-                let u = self
-                    .user_named(&user)
-                    .ok_or_else(|| CoreError::not_found(format!("no user {user}")))?;
+                let u = self.user_named(&user).ok_or_else(|| CoreError::not_found(format!("no user {user}")))?;
                 self.set_lifecycle(u, lifecycle)
             }
             AdminCommand::UpsertNumber { number, spec } => self.upsert_number(number, spec),
@@ -107,17 +100,13 @@ impl Account {
         token_hash: Option<String>,
     ) -> Result<Reply, CoreError> {
         if id.as_str().is_empty() || id.as_str().len() > MAX_NAME_CHARS {
-            return Err(CoreError::bad_request(
-                "user id must be 1 to 100 characters",
-            ));
+            return Err(CoreError::bad_request("user id must be 1 to 100 characters"));
         }
         if email.len() > MAX_EMAIL_CHARS {
             return Err(CoreError::bad_request("email is too long"));
         }
         if role == Role::Supervisor && !self.plan.has_supervisors() {
-            return Err(CoreError::forbidden(
-                "the supervisor role needs the pro plan",
-            ));
+            return Err(CoreError::forbidden("the supervisor role needs the pro plan"));
         }
         let u = match self.user_named(&id) {
             Some(u) => {
@@ -130,10 +119,7 @@ impl Account {
                 u
             }
             None => {
-                let u = UserIx(
-                    u32::try_from(self.users.len())
-                        .map_err(|_| CoreError::conflict("too many users"))?,
-                );
+                let u = UserIx(u32::try_from(self.users.len()).map_err(|_| CoreError::conflict("too many users"))?);
                 let mut user = User::new(id.clone(), email, role, Lifecycle::Active, self.now);
                 user.token_hash = token_hash;
                 self.users.push(user);
@@ -157,20 +143,12 @@ impl Account {
         self.out.push(Output::Directory(change));
     }
 
-    pub(crate) fn set_lifecycle(
-        &mut self,
-        u: UserIx,
-        lifecycle: Lifecycle,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn set_lifecycle(&mut self, u: UserIx, lifecycle: Lifecycle) -> Result<Reply, CoreError> {
         if self.user(u).role == Role::Owner && lifecycle != Lifecycle::Active {
-            return Err(CoreError::conflict(
-                "the owner cannot be deactivated or removed; transfer ownership first",
-            ));
+            return Err(CoreError::conflict("the owner cannot be deactivated or removed; transfer ownership first"));
         }
         if self.user(u).lifecycle == Lifecycle::Removed {
-            return Err(CoreError::conflict(
-                "a removed user cannot come back; invite them again",
-            ));
+            return Err(CoreError::conflict("a removed user cannot come back; invite them again"));
         }
         if self.user(u).lifecycle == lifecycle {
             return Ok(Reply::Done);
@@ -178,11 +156,7 @@ impl Account {
         if lifecycle != Lifecycle::Active {
             // Withdraw the pending offer first so its call moves on now.
             self.end_pending_offer(u, OfferEnd::Withdrawn);
-            let reason = if lifecycle == Lifecycle::Removed {
-                CloseReason::Removed
-            } else {
-                CloseReason::Deactivated
-            };
+            let reason = if lifecycle == Lifecycle::Removed { CloseReason::Removed } else { CloseReason::Deactivated };
             let conns = self.user(u).conns.clone();
             for conn in conns {
                 self.conn_user.remove(&conn);
@@ -228,13 +202,9 @@ impl Account {
     fn resolve_users(&self, ids: &[UserId], what: &str) -> Result<Vec<UserIx>, CoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let u = self
-                .user_named(id)
-                .ok_or_else(|| CoreError::bad_request(format!("{what}: no user {id}")))?;
+            let u = self.user_named(id).ok_or_else(|| CoreError::bad_request(format!("{what}: no user {id}")))?;
             if self.user(u).lifecycle == Lifecycle::Removed {
-                return Err(CoreError::bad_request(format!(
-                    "{what}: user {id} was removed"
-                )));
+                return Err(CoreError::bad_request(format!("{what}: user {id} was removed")));
             }
             if !out.contains(&u) {
                 out.push(u);
@@ -245,9 +215,7 @@ impl Account {
 
     fn upsert_number(&mut self, id: NumberId, spec: NumberSpec) -> Result<Reply, CoreError> {
         if !is_e164(id.as_str()) {
-            return Err(CoreError::bad_request(format!(
-                "number {id:?} is not E.164"
-            )));
+            return Err(CoreError::bad_request(format!("number {id:?} is not E.164")));
         }
         if spec.name.trim().is_empty() || spec.name.chars().count() > MAX_NAME_CHARS {
             return Err(CoreError::bad_request("name must be 1 to 100 characters"));
@@ -262,16 +230,9 @@ impl Account {
         let n = match self.number_named(&id) {
             Some(n) => n,
             None => {
-                let n = NumberIx(
-                    u32::try_from(self.numbers.len())
-                        .map_err(|_| CoreError::conflict("too many numbers"))?,
-                );
-                self.numbers.push(Number::new(
-                    id.clone(),
-                    spec.name.clone(),
-                    spec.routing.clone(),
-                    spec.queue.clone(),
-                ));
+                let n =
+                    NumberIx(u32::try_from(self.numbers.len()).map_err(|_| CoreError::conflict("too many numbers"))?);
+                self.numbers.push(Number::new(id.clone(), spec.name.clone(), spec.routing.clone(), spec.queue.clone()));
                 self.number_ix.insert(id.clone(), n);
                 self.out.push(Output::Directory(DirectoryChange::Number {
                     account: self.id.clone(),
@@ -301,14 +262,7 @@ impl Account {
     pub(crate) fn rebuild_number(&mut self, n: NumberIx, stale: &[UserIx]) {
         let number = self.number(n);
         let mut linked: Vec<UserIx> = stale.to_vec();
-        linked.extend(
-            number
-                .assigned
-                .iter()
-                .chain(&number.caller_id)
-                .chain(&number.targets)
-                .copied(),
-        );
+        linked.extend(number.assigned.iter().chain(&number.caller_id).chain(&number.targets).copied());
         linked.sort();
         linked.dedup();
         for u in linked {

@@ -20,9 +20,7 @@ use std::time::Duration;
 /// How often one number's queue may be swept: one second, or the minimum
 /// gap if that is shorter (tests use short gaps).
 fn granularity(min_gap: Duration) -> Duration {
-    min_gap
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(1))
+    min_gap.min(Duration::from_secs(1)).max(Duration::from_millis(1))
 }
 
 impl Account {
@@ -70,8 +68,7 @@ impl Account {
             let Some(e) = self.entries.get(&key.seq) else {
                 continue;
             };
-            let (EntryKind::Call { call_id }, Phase::Queued, Some((at, last_pos))) =
-                (&e.kind, &e.phase, e.announced)
+            let (EntryKind::Call { call_id }, Phase::Queued, Some((at, last_pos))) = (&e.kind, &e.phase, e.announced)
             else {
                 continue;
             };
@@ -80,11 +77,8 @@ impl Account {
                 continue;
             }
             let moved = last_pos != position;
-            let when = if moved {
-                (at + cfg.announce_min_gap).min(at + cfg.announce_every)
-            } else {
-                at + cfg.announce_every
-            };
+            let when =
+                if moved { (at + cfg.announce_min_gap).min(at + cfg.announce_every) } else { at + cfg.announce_every };
             if when <= now && now > at {
                 due.push((key.seq, call_id.clone(), position));
                 let again = now + cfg.announce_every;
@@ -99,12 +93,7 @@ impl Account {
             if let Some(e) = self.entries.get_mut(&seq) {
                 e.announced = Some((now, position));
             }
-            self.send_gateway(GatewayCommand::CallAnnounce {
-                call_id,
-                position,
-                ewt_ms,
-                ewt_known,
-            });
+            self.send_gateway(GatewayCommand::CallAnnounce { call_id, position, ewt_ms, ewt_known });
         }
         if let Some(at) = next {
             let at = at.max(now + granularity(cfg.announce_min_gap));

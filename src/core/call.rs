@@ -37,11 +37,7 @@ pub(crate) struct LiveCall {
 }
 
 impl Account {
-    pub(crate) fn on_call_answered(
-        &mut self,
-        call_id: CallId,
-        agent: UserId,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn on_call_answered(&mut self, call_id: CallId, agent: UserId) -> Result<Reply, CoreError> {
         if let Some(&seq) = self.entry_by_call.get(&call_id) {
             let e = &self.entries[&seq];
             return match &e.phase {
@@ -53,16 +49,12 @@ impl Account {
                     "call {call_id} is being bridged to {}, not {agent}",
                     self.user(*a).id
                 ))),
-                _ => Err(CoreError::conflict(format!(
-                    "call {call_id} was not bridged to an agent"
-                ))),
+                _ => Err(CoreError::conflict(format!("call {call_id} was not bridged to an agent"))),
             };
         }
         if let Some(c) = self.calls.get_mut(&call_id) {
             if self.users[c.agent.0 as usize].id != agent {
-                return Err(CoreError::conflict(format!(
-                    "call {call_id} belongs to another agent"
-                )));
+                return Err(CoreError::conflict(format!("call {call_id} belongs to another agent")));
             }
             if c.answered_at.is_some() {
                 return Ok(Reply::Duplicate);
@@ -88,25 +80,10 @@ impl Account {
         };
         let number_id = self.number(e.number).id.clone();
         let (id, kind, to, callback) = match e.kind {
-            EntryKind::Call { call_id } => (
-                call_id,
-                CallKind::Inbound,
-                Phone::new(number_id.as_str()),
-                None,
-            ),
-            EntryKind::Callback {
-                callback_id,
-                origin,
-                phone,
-                attempts,
-            } => {
+            EntryKind::Call { call_id } => (call_id, CallKind::Inbound, Phone::new(number_id.as_str()), None),
+            EntryKind::Callback { callback_id, origin, phone, attempts } => {
                 let Some(dial) = dial else { return };
-                (
-                    dial,
-                    CallKind::Callback,
-                    phone,
-                    Some((callback_id, origin, attempts + 1)),
-                )
+                (dial, CallKind::Callback, phone, Some((callback_id, origin, attempts + 1)))
             }
         };
         self.calls.insert(
@@ -128,16 +105,10 @@ impl Account {
         );
     }
 
-    pub(crate) fn on_bridge_failed(
-        &mut self,
-        call_id: CallId,
-        agent: UserId,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn on_bridge_failed(&mut self, call_id: CallId, agent: UserId) -> Result<Reply, CoreError> {
         let Some(&seq) = self.entry_by_call.get(&call_id) else {
             if self.calls.contains_key(&call_id) {
-                return Err(CoreError::conflict(format!(
-                    "call {call_id} is already connected"
-                )));
+                return Err(CoreError::conflict(format!("call {call_id} is already connected")));
             }
             return self.unknown_call(&call_id);
         };
@@ -181,11 +152,7 @@ impl Account {
         self.enqueue(key);
     }
 
-    pub(crate) fn on_call_ended(
-        &mut self,
-        call_id: CallId,
-        reason: EndReason,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn on_call_ended(&mut self, call_id: CallId, reason: EndReason) -> Result<Reply, CoreError> {
         if let Some(&seq) = self.entry_by_call.get(&call_id) {
             let e = &self.entries[&seq];
             let rung = !e.rung.is_empty();
@@ -221,9 +188,10 @@ impl Account {
     }
 
     fn dialling_callback(&self, call_id: &CallId) -> Option<Seq> {
-        self.entry_by_callback.values().copied().find(|seq| {
-            matches!(&self.entries[seq].phase, Phase::Connecting { dial: Some(d), .. } if d == call_id)
-        })
+        self.entry_by_callback
+            .values()
+            .copied()
+            .find(|seq| matches!(&self.entries[seq].phase, Phase::Connecting { dial: Some(d), .. } if d == call_id))
     }
 
     /// A call with an agent is over: record it, then wrap-up or free the agent.
@@ -245,16 +213,11 @@ impl Account {
             || (c.kind != CallKind::Outbound && !self.is_assigned(c.agent, n));
         let talk_ms = c.answered_at.map_or(0, |a| now.millis_since(a));
         let (id, origin_call, dial_call, attempts) = match &c.callback {
-            Some((cb, origin, attempts)) => (
-                cb.to_string(),
-                Some(origin.clone()),
-                Some(c.id.clone()),
-                *attempts,
-            ),
+            Some((cb, origin, attempts)) => (cb.to_string(), Some(origin.clone()), Some(c.id.clone()), *attempts),
             None => (c.id.to_string(), None, None, 0),
         };
-        let answered_by = (c.answered_at.is_some() || c.kind == CallKind::Callback)
-            .then(|| self.user(c.agent).id.clone());
+        let answered_by =
+            (c.answered_at.is_some() || c.kind == CallKind::Callback).then(|| self.user(c.agent).id.clone());
         let record = CallRecord {
             id,
             kind: c.kind,
@@ -276,20 +239,12 @@ impl Account {
             talk_ms,
             restricted,
         };
-        self.remember(
-            RecentKey::Call(c.id.clone()),
-            Some((n, c.from.clone(), restricted)),
-        );
+        self.remember(RecentKey::Call(c.id.clone()), Some((n, c.from.clone(), restricted)));
         if let Some((cb, _, _)) = &c.callback {
             self.remember(RecentKey::Callback(cb.clone()), None);
         }
         self.record(Record::Call(record));
-        self.send_user(
-            c.agent,
-            AgentMessage::CallEnded {
-                call_id: c.id.clone(),
-            },
-        );
+        self.send_user(c.agent, AgentMessage::CallEnded { call_id: c.id.clone() });
         if c.answered_at.is_some() {
             let wrap = self.number(n).routing.wrap_up;
             // Handle time (talk plus wrap-up) feeds the wait estimate.
@@ -304,12 +259,7 @@ impl Account {
     }
 
     /// The agent's call is over: wrap-up if configured, else idle at once.
-    pub(crate) fn end_call_for_agent(
-        &mut self,
-        u: UserIx,
-        call_id: &CallId,
-        wrap: std::time::Duration,
-    ) {
+    pub(crate) fn end_call_for_agent(&mut self, u: UserIx, call_id: &CallId, wrap: std::time::Duration) {
         if !matches!(&self.user(u).activity, Activity::OnCall(c) if c == call_id) {
             return;
         }
@@ -349,18 +299,10 @@ impl Account {
     // ---- agent commands --------------------------------------------------
 
     /// `call.dial`: an outbound call from a number the user may use.
-    pub(crate) fn dial(
-        &mut self,
-        u: UserIx,
-        from: NumberId,
-        to: Phone,
-        ref_: Option<Ref>,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn dial(&mut self, u: UserIx, from: NumberId, to: Phone, ref_: Option<Ref>) -> Result<Reply, CoreError> {
         let n = self.usable_number(u, &from)?;
         if !is_e164(to.as_str()) {
-            return Err(CoreError::bad_request(format!(
-                "to {to:?} is not an E.164 number"
-            )));
+            return Err(CoreError::bad_request(format!("to {to:?} is not an E.164 number")));
         }
         if matches!(self.user(u).activity, Activity::OnCall(_)) {
             return Err(CoreError::conflict("you are already on a call"));
@@ -391,31 +333,17 @@ impl Account {
         let agent = self.user(u).id.clone();
         self.send_user(
             u,
-            AgentMessage::CallDialing {
-                ref_,
-                call_id: call_id.clone(),
-                from: from.clone(),
-                to: to.clone(),
-            },
+            AgentMessage::CallDialing { ref_, call_id: call_id.clone(), from: from.clone(), to: to.clone() },
         );
-        self.send_gateway(GatewayCommand::CallDial {
-            call_id,
-            agent,
-            to,
-            caller_id: from,
-        });
+        self.send_gateway(GatewayCommand::CallDial { call_id, agent, to, caller_id: from });
         Ok(Reply::Done)
     }
 
     /// The number, if it is in this account and `u` may call or text from it.
     pub(crate) fn usable_number(&self, u: UserIx, from: &NumberId) -> Result<NumberIx, CoreError> {
-        let n = self
-            .number_named(from)
-            .ok_or_else(|| CoreError::not_found(format!("no number {from}")))?;
+        let n = self.number_named(from).ok_or_else(|| CoreError::not_found(format!("no number {from}")))?;
         if !self.may_use(u, n) {
-            return Err(CoreError::forbidden(format!(
-                "you may not use {from}: not assigned and no caller-id access"
-            )));
+            return Err(CoreError::forbidden(format!("you may not use {from}: not assigned and no caller-id access")));
         }
         Ok(n)
     }
@@ -425,40 +353,26 @@ impl Account {
         if !matches!(&self.user(u).activity, Activity::OnCall(c) if *c == call_id) {
             return Err(CoreError::not_found(format!("you have no call {call_id}")));
         }
-        self.send_gateway(GatewayCommand::CallHangup {
-            call_id,
-            reason: HangupReason::AgentRequest,
-        });
+        self.send_gateway(GatewayCommand::CallHangup { call_id, reason: HangupReason::AgentRequest });
         Ok(Reply::ReadOnly)
     }
 
     /// `monitor`: a supervisor (or admin, owner) listens to, whispers to or
     /// barges into a live call on one of its numbers.
-    pub(crate) fn monitor(
-        &mut self,
-        u: UserIx,
-        call_id: CallId,
-        mode: MonitorMode,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn monitor(&mut self, u: UserIx, call_id: CallId, mode: MonitorMode) -> Result<Reply, CoreError> {
         self.require_supervision(u)?;
         let c = self.calls.get(&call_id).filter(|c| c.answered_at.is_some());
         let Some(c) = c else {
             return Err(CoreError::not_found(format!("no live call {call_id}")));
         };
         if !self.user(u).role.is_manager() && !self.is_assigned(u, c.number) {
-            return Err(CoreError::forbidden(
-                "you may only monitor calls on numbers you are assigned to",
-            ));
+            return Err(CoreError::forbidden("you may only monitor calls on numbers you are assigned to"));
         }
         if c.agent == u {
             return Err(CoreError::conflict("you cannot monitor your own call"));
         }
         let supervisor = self.user(u).id.clone();
-        self.send_gateway(GatewayCommand::CallMonitor {
-            call_id,
-            supervisor,
-            mode,
-        });
+        self.send_gateway(GatewayCommand::CallMonitor { call_id, supervisor, mode });
         Ok(Reply::ReadOnly)
     }
 
@@ -468,12 +382,8 @@ impl Account {
         match self.user(u).role {
             Role::Owner | Role::Admin => Ok(()),
             Role::Supervisor if self.plan.has_supervisors() => Ok(()),
-            Role::Supervisor => Err(CoreError::forbidden(
-                "supervisor features need the pro plan",
-            )),
-            Role::Agent => Err(CoreError::forbidden(
-                "supervisors, admins and the owner only",
-            )),
+            Role::Supervisor => Err(CoreError::forbidden("supervisor features need the pro plan")),
+            Role::Agent => Err(CoreError::forbidden("supervisors, admins and the owner only")),
         }
     }
 }

@@ -19,40 +19,27 @@ use crate::protocol::agent::{AgentMessage, RevokeReason};
 use crate::protocol::gateway::{DialOutcome, GatewayCommand};
 
 impl Account {
-    pub(crate) fn on_callback_requested(
-        &mut self,
-        call_id: CallId,
-        phone: Option<Phone>,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn on_callback_requested(&mut self, call_id: CallId, phone: Option<Phone>) -> Result<Reply, CoreError> {
         let Some(&seq) = self.entry_by_call.get(&call_id) else {
             if self.recent.contains(&RecentKey::Call(call_id.clone())) {
                 return Ok(Reply::Duplicate);
             }
             if self.calls.contains_key(&call_id) {
-                return Err(CoreError::conflict(format!(
-                    "call {call_id} is already connected to an agent"
-                )));
+                return Err(CoreError::conflict(format!("call {call_id} is already connected to an agent")));
             }
             return Err(CoreError::not_found(format!("no waiting call {call_id}")));
         };
         let e = &self.entries[&seq];
         if e.phase != Phase::Queued {
-            return Err(CoreError::conflict(format!(
-                "call {call_id} is being connected to an agent"
-            )));
+            return Err(CoreError::conflict(format!("call {call_id} is being connected to an agent")));
         }
         let n = e.number;
         if !self.number(n).queue_cfg.callback {
-            return Err(CoreError::conflict(format!(
-                "callbacks are off on {}",
-                self.number(n).id
-            )));
+            return Err(CoreError::conflict(format!("callbacks are off on {}", self.number(n).id)));
         }
         let phone = phone.unwrap_or_else(|| e.from.clone());
         if !is_e164(phone.as_str()) {
-            return Err(CoreError::bad_request(format!(
-                "cannot call back {phone:?}: not an E.164 number"
-            )));
+            return Err(CoreError::bad_request(format!("cannot call back {phone:?}: not an E.164 number")));
         }
         // Validated; from here on the request is accepted.
         let offers = e.offers.clone();
@@ -67,21 +54,11 @@ impl Account {
                 return Ok(Reply::Done);
             };
             self.timers.cancel(e.max_wait_timer.take());
-            e.kind = EntryKind::Callback {
-                callback_id: callback_id.clone(),
-                origin: call_id.clone(),
-                phone,
-                attempts: 0,
-            };
+            e.kind =
+                EntryKind::Callback { callback_id: callback_id.clone(), origin: call_id.clone(), phone, attempts: 0 };
             e.tried.clear();
             e.announced = None;
-            (
-                e.key(),
-                e.from.clone(),
-                e.rung.clone(),
-                e.priority,
-                e.arrived_at,
-            )
+            (e.key(), e.from.clone(), e.rung.clone(), e.priority, e.arrived_at)
         };
         self.entry_by_call.remove(&call_id);
         self.entry_by_callback.insert(callback_id.clone(), seq);
@@ -101,9 +78,7 @@ impl Account {
             rung: rung.iter().map(|&u| self.user(u).id.clone()).collect(),
             answered_by: None,
             placed_by: None,
-            outcome: Outcome::CallbackRequested {
-                callback_id: callback_id.clone(),
-            },
+            outcome: Outcome::CallbackRequested { callback_id: callback_id.clone() },
             origin_call: None,
             dial_call: None,
             attempts: 0,
@@ -114,16 +89,9 @@ impl Account {
             talk_ms: 0,
             restricted,
         }));
-        self.remember(
-            RecentKey::Call(call_id.clone()),
-            Some((n, self.entries[&seq].from.clone(), restricted)),
-        );
+        self.remember(RecentKey::Call(call_id.clone()), Some((n, self.entries[&seq].from.clone(), restricted)));
         let position = self.position(key);
-        self.send_gateway(GatewayCommand::CallbackAccepted {
-            call_id,
-            callback_id,
-            position,
-        });
+        self.send_gateway(GatewayCommand::CallbackAccepted { call_id, callback_id, position });
         self.dirty.insert(key);
         self.mark_stats(n);
         Ok(Reply::Done)
@@ -135,17 +103,10 @@ impl Account {
         outcome: DialOutcome,
     ) -> Result<Reply, CoreError> {
         let Some(&seq) = self.entry_by_callback.get(&callback_id) else {
-            if self
-                .recent
-                .contains(&RecentKey::Callback(callback_id.clone()))
-            {
+            if self.recent.contains(&RecentKey::Callback(callback_id.clone())) {
                 return Ok(Reply::Duplicate);
             }
-            if self.calls.values().any(|c| {
-                c.callback
-                    .as_ref()
-                    .is_some_and(|(cb, _, _)| *cb == callback_id)
-            }) {
+            if self.calls.values().any(|c| c.callback.as_ref().is_some_and(|(cb, _, _)| *cb == callback_id)) {
                 return Ok(Reply::Duplicate);
             }
             return Err(CoreError::not_found(format!("no callback {callback_id}")));
@@ -156,9 +117,7 @@ impl Account {
         }
         match outcome {
             DialOutcome::Connected => self.callback_connected(seq),
-            DialOutcome::NoAnswer | DialOutcome::Busy | DialOutcome::Failed => {
-                self.callback_attempt_failed(seq)
-            }
+            DialOutcome::NoAnswer | DialOutcome::Busy | DialOutcome::Failed => self.callback_attempt_failed(seq),
         }
         Ok(Reply::Done)
     }
@@ -185,12 +144,7 @@ impl Account {
         let n = e.number;
         if let Some(dial) = &dial {
             self.remember(RecentKey::Call(dial.clone()), None);
-            self.send_user(
-                agent,
-                AgentMessage::CallEnded {
-                    call_id: dial.clone(),
-                },
-            );
+            self.send_user(agent, AgentMessage::CallEnded { call_id: dial.clone() });
             if matches!(&self.user(agent).activity, Activity::OnCall(c) if c == dial) {
                 self.set_activity(agent, Activity::Idle);
             }

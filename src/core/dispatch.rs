@@ -108,12 +108,9 @@ impl Account {
         let number = self.number(e.number);
         let skip = |pos: u32| e.tried.contains(&number.targets[pos as usize]);
         match number.routing.strategy {
-            Strategy::RingAll => number
-                .pool
-                .positions()
-                .filter(|&p| !skip(p))
-                .map(|p| number.targets[p as usize])
-                .collect(),
+            Strategy::RingAll => {
+                number.pool.positions().filter(|&p| !skip(p)).map(|p| number.targets[p as usize]).collect()
+            }
             s => number
                 .pool
                 .select(s, number.rr_last, skip)
@@ -182,29 +179,19 @@ mod tests {
         let oa = b.offer_to("a");
         b.take();
         b.accept("b", ob);
-        assert!(b.gateway_cmds().contains(&GatewayCommand::CallBridge {
-            call_id: "c1".into(),
-            agent: "b".into()
-        }));
-        assert!(b.user_msgs("a").contains(&AgentMessage::OfferRevoked {
-            offer_id: oa,
-            reason: RevokeReason::AnsweredElsewhere
-        }));
+        assert!(b.gateway_cmds().contains(&GatewayCommand::CallBridge { call_id: "c1".into(), agent: "b".into() }));
+        assert!(
+            b.user_msgs("a")
+                .contains(&AgentMessage::OfferRevoked { offer_id: oa, reason: RevokeReason::AnsweredElsewhere })
+        );
         b.take();
         // A late accept loses, and says why.
         b.accept("a", oa);
         assert!(matches!(
             b.user_msgs("a")[..],
-            [AgentMessage::OfferLost {
-                reason: crate::protocol::agent::LostReason::AnsweredElsewhere,
-                ..
-            }]
+            [AgentMessage::OfferLost { reason: crate::protocol::agent::LostReason::AnsweredElsewhere, .. }]
         ));
-        assert!(
-            !b.gateway_cmds()
-                .iter()
-                .any(|c| matches!(c, GatewayCommand::CallBridge { .. }))
-        );
+        assert!(!b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallBridge { .. })));
         b.check();
     }
 
@@ -236,11 +223,7 @@ mod tests {
         assert_eq!(b.offered_users(), ["c"], "ring timeout moves on");
         b.take();
         b.advance(Duration::from_secs(15));
-        assert_eq!(
-            b.offered_users(),
-            ["a"],
-            "after a full cycle it starts again at the top"
-        );
+        assert_eq!(b.offered_users(), ["a"], "after a full cycle it starts again at the top");
         b.check();
     }
 
@@ -305,28 +288,12 @@ mod tests {
     #[test]
     fn longest_idle_counts_from_coming_back_available() {
         let mut b = bed(Strategy::LongestIdle, &["a", "b"]);
-        b.agent(
-            "a",
-            AgentCommand::StatusSet {
-                status: WantedStatus::Away,
-                reason: Some("lunch".into()),
-            },
-        );
+        b.agent("a", AgentCommand::StatusSet { status: WantedStatus::Away, reason: Some("lunch".into()) });
         b.advance(Duration::from_secs(5));
-        b.agent(
-            "a",
-            AgentCommand::StatusSet {
-                status: WantedStatus::Available,
-                reason: None,
-            },
-        );
+        b.agent("a", AgentCommand::StatusSet { status: WantedStatus::Available, reason: None });
         b.take();
         b.inbound("c1", N);
-        assert_eq!(
-            b.offered_users(),
-            ["b"],
-            "b has been available longer than a"
-        );
+        assert_eq!(b.offered_users(), ["b"], "b has been available longer than a");
         b.check();
     }
 
@@ -347,13 +314,7 @@ mod tests {
         b.inbound("new", "+15550100");
         b.take();
         b.ended("busy", EndReason::CallerHangup);
-        assert_eq!(
-            b.offers_to("a")
-                .iter()
-                .map(|(_, c)| c.as_str())
-                .collect::<Vec<_>>(),
-            ["old"]
-        );
+        assert_eq!(b.offers_to("a").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["old"]);
         b.check();
     }
 
@@ -378,33 +339,23 @@ mod tests {
         b.inbound("c1", N);
         b.inbound("c2", "+15550200");
         assert_eq!(b.offers_to("a").len(), 1);
-        assert!(b.gateway_cmds().iter().any(
-            |c| matches!(c, GatewayCommand::CallQueued { call_id, .. } if call_id.as_str() == "c2")
-        ));
+        assert!(
+            b.gateway_cmds()
+                .iter()
+                .any(|c| matches!(c, GatewayCommand::CallQueued { call_id, .. } if call_id.as_str() == "c2"))
+        );
         b.check();
     }
 
     #[test]
     fn ring_all_adds_agents_who_free_up_while_it_rings() {
         let mut b = bed(Strategy::RingAll, &["a", "b"]);
-        b.agent(
-            "b",
-            AgentCommand::StatusSet {
-                status: WantedStatus::Away,
-                reason: None,
-            },
-        );
+        b.agent("b", AgentCommand::StatusSet { status: WantedStatus::Away, reason: None });
         b.take();
         b.inbound("c1", N);
         assert_eq!(b.offered_users(), ["a"]);
         b.take();
-        b.agent(
-            "b",
-            AgentCommand::StatusSet {
-                status: WantedStatus::Available,
-                reason: None,
-            },
-        );
+        b.agent("b", AgentCommand::StatusSet { status: WantedStatus::Available, reason: None });
         assert_eq!(b.offered_users(), ["b"]);
         assert_eq!(b.status_of("a"), Status::Ringing);
         b.check();
@@ -414,31 +365,18 @@ mod tests {
     fn settings_change_takes_effect_without_dropping_waiting_calls() {
         let mut b = bed(Strategy::RingAll, &["a"]);
         b.agents(&["z"]);
-        b.agent(
-            "a",
-            AgentCommand::StatusSet {
-                status: WantedStatus::Away,
-                reason: None,
-            },
-        );
+        b.agent("a", AgentCommand::StatusSet { status: WantedStatus::Away, reason: None });
         b.inbound("c1", N);
         b.take();
         b.connect("z");
-        assert!(
-            b.offers_to("z").is_empty(),
-            "z does not serve the number yet"
-        );
+        assert!(b.offers_to("z").is_empty(), "z does not serve the number yet");
         let routing = RoutingSettings {
             strategy: Strategy::RingInOrder,
             targets: Some(vec!["z".into(), "a".into()]),
             ..Default::default()
         };
         b.number(N, &["a"], routing, QueueSettings::default());
-        assert_eq!(
-            b.offers_to("z").len(),
-            1,
-            "the waiting call is offered under the new targets"
-        );
+        assert_eq!(b.offers_to("z").len(), 1, "the waiting call is offered under the new targets");
         b.check();
     }
 }

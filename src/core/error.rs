@@ -13,10 +13,7 @@ pub struct CoreError {
 
 impl CoreError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        CoreError {
-            code,
-            message: message.into(),
-        }
+        CoreError { code, message: message.into() }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, m)

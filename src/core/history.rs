@@ -67,10 +67,7 @@ impl Outcome {
 
     /// An unanswered inbound call the team should hear about (`missed_call`).
     pub fn is_missed(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Abandoned | Outcome::Missed | Outcome::HungUp { .. } | Outcome::Failed
-        )
+        matches!(self, Outcome::Abandoned | Outcome::Missed | Outcome::HungUp { .. } | Outcome::Failed)
     }
 }
 
@@ -137,10 +134,6 @@ pub struct VoicemailRecord {
 pub enum Record {
     Call(CallRecord),
     Message(MessageRecord),
-    MessageStatus {
-        id: MessageId,
-        status: DeliveryStatus,
-        at: Instant,
-    },
+    MessageStatus { id: MessageId, status: DeliveryStatus, at: Instant },
     Voicemail(VoicemailRecord),
 }

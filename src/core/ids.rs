@@ -121,8 +121,7 @@ impl Serialize for OfferId {
 impl<'de> Deserialize<'de> for OfferId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        OfferId::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom("offer_id must look like o<number>"))
+        OfferId::parse(&s).ok_or_else(|| serde::de::Error::custom("offer_id must look like o<number>"))
     }
 }
 
@@ -131,9 +130,7 @@ pub fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else {
         return false;
     };
-    (3..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    (3..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 #[cfg(test)]
@@ -144,15 +141,7 @@ mod tests {
     fn offer_ids_round_trip_and_reject_garbage() {
         assert_eq!(OfferId::parse("o42"), Some(OfferId(42)));
         assert_eq!(OfferId(7).to_string(), "o7");
-        for bad in [
-            "",
-            "o",
-            "42",
-            "o-1",
-            "o1x",
-            "x1",
-            "o99999999999999999999999",
-        ] {
+        for bad in ["", "o", "42", "o-1", "o1x", "x1", "o99999999999999999999999"] {
             assert_eq!(OfferId::parse(bad), None, "{bad}");
         }
     }
@@ -161,15 +150,7 @@ mod tests {
     fn e164_shape() {
         assert!(is_e164("+15550100"));
         assert!(is_e164("+442071838750"));
-        for bad in [
-            "15550100",
-            "+",
-            "+0555",
-            "+1 555",
-            "+12",
-            "+1234567890123456",
-            "+1555a",
-        ] {
+        for bad in ["15550100", "+", "+0555", "+1 555", "+12", "+1234567890123456", "+1555a"] {
             assert!(!is_e164(bad), "{bad}");
         }
     }

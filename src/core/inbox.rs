@@ -23,9 +23,7 @@ fn check_body(body: &str) -> Result<(), CoreError> {
         return Err(CoreError::bad_request("body is empty"));
     }
     if body.chars().count() > MAX_BODY_CHARS {
-        return Err(CoreError::bad_request(format!(
-            "body is longer than {MAX_BODY_CHARS} characters"
-        )));
+        return Err(CoreError::bad_request(format!("body is longer than {MAX_BODY_CHARS} characters")));
     }
     Ok(())
 }
@@ -38,15 +36,10 @@ impl Account {
         from: Phone,
         body: String,
     ) -> Result<Reply, CoreError> {
-        if self
-            .recent
-            .contains(&RecentKey::Message(message_id.clone()))
-        {
+        if self.recent.contains(&RecentKey::Message(message_id.clone())) {
             return Ok(Reply::Duplicate);
         }
-        let n = self
-            .number_named(&to)
-            .ok_or_else(|| CoreError::not_found(format!("no number {to}")))?;
+        let n = self.number_named(&to).ok_or_else(|| CoreError::not_found(format!("no number {to}")))?;
         check_body(&body)?;
         let now = self.now;
         self.remember(RecentKey::Message(message_id.clone()), None);
@@ -82,19 +75,10 @@ impl Account {
         message_id: MessageId,
         status: DeliveryStatus,
     ) -> Result<Reply, CoreError> {
-        if !self
-            .recent
-            .contains(&RecentKey::Message(message_id.clone()))
-        {
-            return Err(CoreError::not_found(format!(
-                "no recent message {message_id}"
-            )));
+        if !self.recent.contains(&RecentKey::Message(message_id.clone())) {
+            return Err(CoreError::not_found(format!("no recent message {message_id}")));
         }
-        self.record(Record::MessageStatus {
-            id: message_id,
-            status,
-            at: self.now,
-        });
+        self.record(Record::MessageStatus { id: message_id, status, at: self.now });
         Ok(Reply::Done)
     }
 
@@ -109,9 +93,7 @@ impl Account {
     ) -> Result<Reply, CoreError> {
         let n = self.usable_number(u, &from)?;
         if !is_e164(to.as_str()) {
-            return Err(CoreError::bad_request(format!(
-                "to {to:?} is not an E.164 number"
-            )));
+            return Err(CoreError::bad_request(format!("to {to:?} is not an E.164 number")));
         }
         check_body(&body)?;
         self.counters.message += 1;
@@ -159,28 +141,15 @@ impl Account {
         Ok(Reply::Done)
     }
 
-    pub(crate) fn on_voicemail(
-        &mut self,
-        call_id: CallId,
-        url: String,
-        duration_ms: u64,
-    ) -> Result<Reply, CoreError> {
+    pub(crate) fn on_voicemail(&mut self, call_id: CallId, url: String, duration_ms: u64) -> Result<Reply, CoreError> {
         if self.recent.contains(&RecentKey::Voicemail(call_id.clone())) {
             return Ok(Reply::Duplicate);
         }
         if url.is_empty() || url.len() > MAX_URL_BYTES {
-            return Err(CoreError::bad_request(format!(
-                "url must be 1 to {MAX_URL_BYTES} bytes"
-            )));
+            return Err(CoreError::bad_request(format!("url must be 1 to {MAX_URL_BYTES} bytes")));
         }
-        let Some((n, from, restricted)) = self
-            .recent
-            .trace(&RecentKey::Call(call_id.clone()))
-            .cloned()
-        else {
-            return Err(CoreError::not_found(format!(
-                "no recently ended call {call_id}"
-            )));
+        let Some((n, from, restricted)) = self.recent.trace(&RecentKey::Call(call_id.clone())).cloned() else {
+            return Err(CoreError::not_found(format!("no recently ended call {call_id}")));
         };
         let now = self.now;
         let number = self.number(n).id.clone();

@@ -14,34 +14,15 @@ pub enum Input {
     /// first, so a tick carries no data of its own.
     Tick,
     /// An event from a gateway, already mapped to its account by the shell.
-    Gateway {
-        account: AccountId,
-        event: GatewayEvent,
-    },
+    Gateway { account: AccountId, event: GatewayEvent },
     /// A softphone connection of `user` opened (after authentication).
-    Connect {
-        account: AccountId,
-        user: UserId,
-        conn: ConnId,
-    },
+    Connect { account: AccountId, user: UserId, conn: ConnId },
     /// A softphone connection closed, for whatever reason.
     Disconnect { account: AccountId, conn: ConnId },
     /// A command from a softphone connection.
-    Agent {
-        account: AccountId,
-        conn: ConnId,
-        ref_: Option<Ref>,
-        cmd: AgentCommand,
-    },
+    Agent { account: AccountId, conn: ConnId, ref_: Option<Ref>, cmd: AgentCommand },
     /// A team or number change from the admin API or config provisioning.
-    Admin {
-        account: AccountId,
-        actor: Actor,
-        cmd: AdminCommand,
-    },
-    /// The process restarted: no connection survived. Fed once after
-    /// replaying the journal, before any new connection.
-    Restarted,
+    Admin { account: AccountId, actor: Actor, cmd: AdminCommand },
 }
 
 impl Input {
@@ -52,7 +33,7 @@ impl Input {
             | Input::Disconnect { account, .. }
             | Input::Agent { account, .. }
             | Input::Admin { account, .. } => Some(account),
-            Input::Tick | Input::Restarted => None,
+            Input::Tick => None,
         }
     }
 }

@@ -20,10 +20,7 @@ macro_rules! ensure {
 
 impl Account {
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        ensure!(
-            self.freed.is_empty() && self.dirty.is_empty(),
-            "scratch queues not empty after settling"
-        );
+        ensure!(self.freed.is_empty() && self.dirty.is_empty(), "scratch queues not empty after settling");
         // Offers point at a ringing user and a queued entry, and back.
         for (id, o) in &self.offers {
             ensure!(
@@ -31,14 +28,8 @@ impl Account {
                 "offer {id} but user {} is not ringing it",
                 self.user(o.user).id
             );
-            let e = self
-                .entries
-                .get(&o.entry)
-                .ok_or(format!("offer {id} for a missing entry"))?;
-            ensure!(
-                e.phase == Phase::Queued,
-                "offer {id} for an entry that is not queued"
-            );
+            let e = self.entries.get(&o.entry).ok_or(format!("offer {id} for a missing entry"))?;
+            ensure!(e.phase == Phase::Queued, "offer {id} for an entry that is not queued");
             ensure!(e.offers.contains(id), "entry does not list offer {id}");
         }
         // Each user is reserved by at most one thing, and what it is doing
@@ -46,10 +37,7 @@ impl Account {
         let mut reserved: BTreeSet<UserIx> = BTreeSet::new();
         for e in self.entries.values() {
             for o in &e.offers {
-                ensure!(
-                    self.offers.get(o).is_some_and(|x| x.entry == e.seq),
-                    "entry lists a foreign offer {o}"
-                );
+                ensure!(self.offers.get(o).is_some_and(|x| x.entry == e.seq), "entry lists a foreign offer {o}");
             }
             let strategy = self.number(e.number).routing.strategy;
             ensure!(
@@ -59,11 +47,7 @@ impl Account {
             );
             if let Phase::Connecting { agent, dial } = &e.phase {
                 ensure!(e.offers.is_empty(), "connecting entry still has offers");
-                ensure!(
-                    reserved.insert(*agent),
-                    "user {} connected to two calls",
-                    self.user(*agent).id
-                );
+                ensure!(reserved.insert(*agent), "user {} connected to two calls", self.user(*agent).id);
                 let expect = match (&e.kind, dial) {
                     (EntryKind::Call { call_id }, _) => call_id.clone(),
                     (EntryKind::Callback { .. }, Some(d)) => d.clone(),
@@ -78,11 +62,7 @@ impl Account {
             }
         }
         for c in self.calls.values() {
-            ensure!(
-                reserved.insert(c.agent),
-                "user {} on two calls",
-                self.user(c.agent).id
-            );
+            ensure!(reserved.insert(c.agent), "user {} on two calls", self.user(c.agent).id);
             ensure!(
                 self.user(c.agent).activity == Activity::OnCall(c.id.clone()),
                 "agent of call {} is not on it",
@@ -99,23 +79,11 @@ impl Account {
                         user.id
                     )
                 }
-                Activity::OnCall(_) => ensure!(
-                    reserved.contains(&u),
-                    "user {} on a call nobody holds",
-                    user.id
-                ),
+                Activity::OnCall(_) => ensure!(reserved.contains(&u), "user {} on a call nobody holds", user.id),
                 _ => {}
             }
-            ensure!(
-                user.in_pools == user.is_eligible(),
-                "user {} pool flag out of date",
-                user.id
-            );
-            ensure!(
-                user.counted_staffed == user.is_staffed(),
-                "user {} staffing flag out of date",
-                user.id
-            );
+            ensure!(user.in_pools == user.is_eligible(), "user {} pool flag out of date", user.id);
+            ensure!(user.counted_staffed == user.is_staffed(), "user {} staffing flag out of date", user.id);
             ensure!(
                 user.conns.iter().all(|c| self.conn_user.get(c) == Some(&u)),
                 "user {} connection map out of date",
@@ -143,21 +111,9 @@ impl Account {
                     ready.insert(e.key());
                 }
             }
-            ensure!(
-                queue == number.queue,
-                "number {} queue set out of date",
-                number.id
-            );
-            ensure!(
-                ready == number.ready,
-                "number {} ready set out of date",
-                number.id
-            );
-            ensure!(
-                callers == number.callers,
-                "number {} callers set out of date",
-                number.id
-            );
+            ensure!(queue == number.queue, "number {} queue set out of date", number.id);
+            ensure!(ready == number.ready, "number {} ready set out of date", number.id);
+            ensure!(callers == number.callers, "number {} callers set out of date", number.id);
             let mut eligible = 0;
             let mut staffed = 0;
             for (pos, &u) in number.targets.iter().enumerate() {
@@ -179,17 +135,8 @@ impl Account {
                 eligible += usize::from(pooled);
                 staffed += u32::from(user.is_staffed());
             }
-            ensure!(
-                eligible == number.pool.len(),
-                "number {} pool has strangers",
-                number.id
-            );
-            ensure!(
-                staffed == number.staffed,
-                "number {} staffed {} != {staffed}",
-                number.id,
-                number.staffed
-            );
+            ensure!(eligible == number.pool.len(), "number {} pool has strangers", number.id);
+            ensure!(staffed == number.staffed, "number {} staffed {} != {staffed}", number.id, number.staffed);
             // Work conservation: nobody eligible idles while a ready entry
             // waits with no offer out; under ring_all every idle target has
             // either been rung or turned this entry down.
@@ -206,12 +153,7 @@ impl Account {
                 } else {
                     for pos in number.pool.positions() {
                         let u = number.targets[pos as usize];
-                        ensure!(
-                            e.tried.contains(&u),
-                            "ring_all entry {:?} skipped idle {}",
-                            key.seq,
-                            self.user(u).id
-                        );
+                        ensure!(e.tried.contains(&u), "ring_all entry {:?} skipped idle {}", key.seq, self.user(u).id);
                     }
                 }
             }
@@ -225,10 +167,7 @@ pub(crate) fn canonical(v: rmpv::Value) -> rmpv::Value {
     use rmpv::Value;
     match v {
         Value::Map(m) => {
-            let mut m: Vec<(Value, Value)> = m
-                .into_iter()
-                .map(|(k, v)| (canonical(k), canonical(v)))
-                .collect();
+            let mut m: Vec<(Value, Value)> = m.into_iter().map(|(k, v)| (canonical(k), canonical(v))).collect();
             m.sort_by_cached_key(|(k, _)| {
                 let mut b = Vec::new();
                 let _ = rmpv::encode::write_value(&mut b, k);
@@ -270,21 +209,15 @@ impl View<'_> {
     }
 
     pub fn users(&self, a: &AccountId) -> Vec<UserId> {
-        self.account(a)
-            .map(|acc| acc.users.iter().map(|u| u.id.clone()).collect())
-            .unwrap_or_default()
+        self.account(a).map(|acc| acc.users.iter().map(|u| u.id.clone()).collect()).unwrap_or_default()
     }
 
     pub fn numbers(&self, a: &AccountId) -> Vec<NumberId> {
-        self.account(a)
-            .map(|acc| acc.numbers.iter().map(|n| n.id.clone()).collect())
-            .unwrap_or_default()
+        self.account(a).map(|acc| acc.numbers.iter().map(|n| n.id.clone()).collect()).unwrap_or_default()
     }
 
     pub fn is_eligible(&self, a: &AccountId, u: &UserId) -> bool {
-        self.account(a)
-            .and_then(|acc| acc.user_named(u).map(|x| acc.user(x).is_eligible()))
-            .unwrap_or(false)
+        self.account(a).and_then(|acc| acc.user_named(u).map(|x| acc.user(x).is_eligible())).unwrap_or(false)
     }
 
     pub fn idle_since(&self, a: &AccountId, u: &UserId) -> Option<Instant> {
@@ -304,11 +237,7 @@ impl View<'_> {
         let Some(n) = acc.number_named(n) else {
             return Vec::new();
         };
-        acc.number(n)
-            .targets
-            .iter()
-            .map(|&u| acc.user(u).id.clone())
-            .collect()
+        acc.number(n).targets.iter().map(|&u| acc.user(u).id.clone()).collect()
     }
 
     /// Numbers that ring this user.
@@ -319,11 +248,7 @@ impl View<'_> {
         let Some(u) = acc.user_named(u) else {
             return Vec::new();
         };
-        acc.user(u)
-            .serves
-            .iter()
-            .map(|&(n, _)| acc.number(n).id.clone())
-            .collect()
+        acc.user(u).serves.iter().map(|&(n, _)| acc.number(n).id.clone()).collect()
     }
 
     /// The number's queue in service order.
@@ -347,12 +272,7 @@ impl View<'_> {
                     },
                     callback: e.is_callback(),
                     priority: e.priority,
-                    offered_to: e
-                        .offers
-                        .iter()
-                        .filter_map(|o| acc.offers.get(o))
-                        .map(|o| name(&o.user))
-                        .collect(),
+                    offered_to: e.offers.iter().filter_map(|o| acc.offers.get(o)).map(|o| name(&o.user)).collect(),
                     tried: e.tried.iter().map(name).collect(),
                     ready: e.phase == Phase::Queued,
                 }
@@ -364,9 +284,7 @@ impl View<'_> {
     pub fn last_offered(&self, a: &AccountId, n: &NumberId) -> Option<UserId> {
         let acc = self.account(a)?;
         let number = acc.number(acc.number_named(n)?);
-        number
-            .rr_last
-            .map(|p| acc.user(number.targets[p as usize]).id.clone())
+        number.rr_last.map(|p| acc.user(number.targets[p as usize]).id.clone())
     }
 
     pub fn timer_count(&self) -> usize {

@@ -75,6 +75,16 @@ pub enum Reply {
     Duplicate,
 }
 
+/// One account's whole state, moved between engines as a unit.
+#[derive(Debug)]
+pub struct AccountState(Account);
+
+impl AccountState {
+    pub fn id(&self) -> &AccountId {
+        &self.0.id
+    }
+}
+
 /// The result of [`Engine::handle`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Handled {
@@ -101,7 +111,13 @@ pub struct Handled {
 ///   ticking early is harmless.
 /// - If `journal` is true, persist `(now, input)` before acknowledging the
 ///   input to whoever sent it. Feeding the journaled inputs with their times
-///   to a fresh engine (then [`Input::Restarted`]) reproduces the state.
+///   to a fresh engine reproduces the state. Ticks are never journaled: a
+///   timer fires at its own deadline before any later input of its account,
+///   so firing is a function of state and time alone and replay re-derives
+///   it.
+/// - After a restart no connection survives: feed (and journal) a
+///   `Disconnect` for each of [`open_connections`](Engine::open_connections),
+///   then re-send [`unanswered_commands`](Engine::unanswered_commands).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Engine {
     accounts: Vec<Account>,
@@ -145,29 +161,11 @@ impl Engine {
         let fired = self.fire_timers(now);
         let result = match input {
             Input::Tick => Ok(Reply::ReadOnly),
-            Input::Restarted => {
-                for a in 0..self.accounts.len() {
-                    self.with_account(a, |acc| {
-                        acc.restarted();
-                        Ok(Reply::Done)
-                    })
-                    .ok();
-                }
-                Ok(Reply::Done)
-            }
-            Input::Admin {
-                account,
-                actor,
-                cmd: AdminCommand::SetPlan { plan },
-            } if !self.has_account(&account) => {
+            Input::Admin { account, actor, cmd: AdminCommand::SetPlan { plan } } if !self.has_account(&account) => {
                 if actor != Actor::System {
                     Err(CoreError::not_found(format!("no account {account}")))
-                } else if account.as_str().is_empty()
-                    || account.as_str().len() > admin::MAX_NAME_CHARS
-                {
-                    Err(CoreError::bad_request(
-                        "account id must be 1 to 100 characters",
-                    ))
+                } else if account.as_str().is_empty() || account.as_str().len() > admin::MAX_NAME_CHARS {
+                    Err(CoreError::bad_request("account id must be 1 to 100 characters"))
                 } else {
                     let ix = self.accounts.len();
                     self.accounts.push(Account::new(account.clone(), plan, now));
@@ -178,10 +176,7 @@ impl Engine {
             }
             input => {
                 let Some(account) = input.account() else {
-                    return Handled {
-                        journal: fired,
-                        result: Ok(Reply::ReadOnly),
-                    };
+                    return Handled { journal: fired, result: Ok(Reply::ReadOnly) };
                 };
                 match self.account_ix.get(account).copied() {
                     None => Err(CoreError::not_found(format!("no account {account}"))),
@@ -189,7 +184,8 @@ impl Engine {
                 }
             }
         };
-        let journal = fired || matches!(result, Ok(Reply::Done));
+        let _ = fired;
+        let journal = matches!(result, Ok(Reply::Done));
         Handled { journal, result }
     }
 
@@ -258,28 +254,62 @@ impl Engine {
                 });
             }
             for number in &acc.numbers {
-                out.push(DirectoryChange::Number {
-                    account: acc.id.clone(),
-                    number: number.id.clone(),
-                    present: true,
-                });
+                out.push(DirectoryChange::Number { account: acc.id.clone(), number: number.id.clone(), present: true });
             }
             for key in acc.routable_ids() {
-                out.push(DirectoryChange::Bind {
-                    account: acc.id.clone(),
-                    key,
-                });
+                out.push(DirectoryChange::Bind { account: acc.id.clone(), key });
             }
         }
         out
     }
 
+    /// Connections the state believes open (after a restart: none are).
+    pub fn open_connections(&self) -> Vec<(AccountId, ConnId)> {
+        let mut out = Vec::new();
+        for acc in &self.accounts {
+            let mut conns: Vec<ConnId> = acc.conn_user.keys().copied().collect();
+            conns.sort();
+            out.extend(conns.into_iter().map(|c| (acc.id.clone(), c)));
+        }
+        out
+    }
+
+    /// Gateway commands still awaiting an answer, to re-send after a restart.
+    pub fn unanswered_commands(&self) -> Vec<Output> {
+        let mut out = Vec::new();
+        for acc in &self.accounts {
+            for cmd in acc.unanswered_commands() {
+                out.push(Output::Gateway { account: acc.id.clone(), cmd });
+            }
+        }
+        out
+    }
+
+    /// Moves every account out of this engine (to re-shard after a restore).
+    pub fn take_accounts(&mut self) -> Vec<AccountState> {
+        self.account_ix.clear();
+        self.deadlines.clear();
+        self.account_deadline.clear();
+        self.accounts.drain(..).map(AccountState).collect()
+    }
+
+    /// Adopts an account taken from another engine.
+    pub fn insert_account(&mut self, state: AccountState) {
+        let a = self.accounts.len();
+        self.now = self.now.max(state.0.now);
+        self.account_ix.insert(state.0.id.clone(), a);
+        self.accounts.push(state.0);
+        self.account_deadline.push(None);
+        self.refresh_deadline(a);
+    }
+
+    /// Ids of the accounts in this engine.
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        self.accounts.iter().map(|a| a.id.clone()).collect()
+    }
+
     /// The user's visible status, for tests and tools.
-    pub fn user_status(
-        &self,
-        account: &AccountId,
-        user: &UserId,
-    ) -> Option<crate::protocol::agent::Status> {
+    pub fn user_status(&self, account: &AccountId, user: &UserId) -> Option<crate::protocol::agent::Status> {
         let acc = &self.accounts[*self.account_ix.get(account)?];
         Some(acc.user(acc.user_named(user)?).status().0)
     }
@@ -294,12 +324,7 @@ impl Engine {
                     .first()
                     .and_then(|s| acc.entries.get(s))
                     .map_or(0, |e| self.now.millis_since(e.arrived_at));
-                out.push((
-                    acc.id.clone(),
-                    number.id.clone(),
-                    number.callers.len() as u32,
-                    longest,
-                ));
+                out.push((acc.id.clone(), number.id.clone(), number.callers.len() as u32, longest));
             }
         }
         out
@@ -308,8 +333,7 @@ impl Engine {
     /// Checks every internal invariant; `Err` names the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         for acc in &self.accounts {
-            acc.check_invariants()
-                .map_err(|e| format!("account {}: {e}", acc.id))?;
+            acc.check_invariants().map_err(|e| format!("account {}: {e}", acc.id))?;
         }
         Ok(())
     }
@@ -350,11 +374,9 @@ impl Account {
             Input::Gateway { event, .. } => self.gateway(event),
             Input::Connect { user, conn, .. } => self.connect(&user, conn),
             Input::Disconnect { conn, .. } => self.disconnect(conn),
-            Input::Agent {
-                conn, ref_, cmd, ..
-            } => self.agent(conn, ref_, cmd),
+            Input::Agent { conn, ref_, cmd, .. } => self.agent(conn, ref_, cmd),
             Input::Admin { actor, cmd, .. } => self.admin(actor, cmd),
-            Input::Tick | Input::Restarted => Ok(Reply::ReadOnly),
+            Input::Tick => Ok(Reply::ReadOnly),
         }
     }
 
@@ -373,12 +395,7 @@ impl Account {
 
     fn gateway(&mut self, event: GatewayEvent) -> Result<Reply, CoreError> {
         match event {
-            GatewayEvent::CallInbound {
-                call_id,
-                to,
-                from,
-                priority,
-            } => {
+            GatewayEvent::CallInbound { call_id, to, from, priority } => {
                 check_id(call_id.as_str(), "call_id")?;
                 let priority = priority.unwrap_or(0);
                 if priority > 9 {
@@ -390,64 +407,37 @@ impl Account {
                 if self.knows_call(&call_id) {
                     return Ok(Reply::Duplicate);
                 }
-                let n = self
-                    .number_named(&to)
-                    .ok_or_else(|| CoreError::not_found(format!("no number {to}")))?;
+                let n = self.number_named(&to).ok_or_else(|| CoreError::not_found(format!("no number {to}")))?;
                 self.new_inbound(call_id, n, from, priority);
                 Ok(Reply::Done)
             }
             GatewayEvent::CallAnswered { call_id, agent } => self.on_call_answered(call_id, agent),
-            GatewayEvent::CallBridgeFailed { call_id, agent, .. } => {
-                self.on_bridge_failed(call_id, agent)
-            }
+            GatewayEvent::CallBridgeFailed { call_id, agent, .. } => self.on_bridge_failed(call_id, agent),
             GatewayEvent::CallEnded { call_id, reason } => self.on_call_ended(call_id, reason),
-            GatewayEvent::CallbackRequested { call_id, phone } => {
-                self.on_callback_requested(call_id, phone)
-            }
-            GatewayEvent::CallbackResult {
-                callback_id,
-                outcome,
-            } => self.on_callback_result(callback_id, outcome),
-            GatewayEvent::MessageInbound {
-                message_id,
-                to,
-                from,
-                body,
-            } => {
+            GatewayEvent::CallbackRequested { call_id, phone } => self.on_callback_requested(call_id, phone),
+            GatewayEvent::CallbackResult { callback_id, outcome } => self.on_callback_result(callback_id, outcome),
+            GatewayEvent::MessageInbound { message_id, to, from, body } => {
                 check_id(message_id.as_str(), "message_id")?;
                 self.on_message_inbound(message_id, to, from, body)
             }
-            GatewayEvent::MessageStatus { message_id, status } => {
-                self.on_message_status(message_id, status)
+            GatewayEvent::MessageStatus { message_id, status } => self.on_message_status(message_id, status),
+            GatewayEvent::VoicemailRecorded { call_id, url, duration_ms } => {
+                self.on_voicemail(call_id, url, duration_ms)
             }
-            GatewayEvent::VoicemailRecorded {
-                call_id,
-                url,
-                duration_ms,
-            } => self.on_voicemail(call_id, url, duration_ms),
         }
     }
 
     fn knows_call(&self, call_id: &CallId) -> bool {
         self.entry_by_call.contains_key(call_id)
             || self.calls.contains_key(call_id)
-            || self
-                .recent
-                .contains(&recent::RecentKey::Call(call_id.clone()))
+            || self.recent.contains(&recent::RecentKey::Call(call_id.clone()))
     }
 
-    fn agent(
-        &mut self,
-        conn: ConnId,
-        ref_: Option<Ref>,
-        cmd: AgentCommand,
-    ) -> Result<Reply, CoreError> {
-        let u = *self.conn_user.get(&conn).ok_or_else(|| {
-            CoreError::new(
-                crate::protocol::ErrorCode::Unauthorized,
-                "connection is not logged in",
-            )
-        })?;
+    fn agent(&mut self, conn: ConnId, ref_: Option<Ref>, cmd: AgentCommand) -> Result<Reply, CoreError> {
+        let u = *self
+            .conn_user
+            .get(&conn)
+            .ok_or_else(|| CoreError::new(crate::protocol::ErrorCode::Unauthorized, "connection is not logged in"))?;
         let ack = ref_.clone();
         let r = match cmd {
             AgentCommand::Ping {} => {
@@ -489,12 +479,7 @@ impl Account {
     fn routable_ids(&self) -> Vec<RouteKey> {
         let mut keys: Vec<RouteKey> = Vec::new();
         keys.extend(self.entry_by_call.keys().cloned().map(RouteKey::Call));
-        keys.extend(
-            self.entry_by_callback
-                .keys()
-                .cloned()
-                .map(RouteKey::Callback),
-        );
+        keys.extend(self.entry_by_callback.keys().cloned().map(RouteKey::Callback));
         keys.extend(self.calls.keys().cloned().map(RouteKey::Call));
         for e in self.entries.values() {
             if let queue::Phase::Connecting { dial: Some(d), .. } = &e.phase {
@@ -513,9 +498,7 @@ pub const MAX_ID_BYTES: usize = 128;
 
 fn check_id(id: &str, what: &str) -> Result<(), CoreError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(CoreError::bad_request(format!(
-            "{what} must be 1 to {MAX_ID_BYTES} bytes"
-        )));
+        return Err(CoreError::bad_request(format!("{what} must be 1 to {MAX_ID_BYTES} bytes")));
     }
     Ok(())
 }

@@ -50,12 +50,7 @@ pub(crate) struct Number {
 }
 
 impl Number {
-    pub(crate) fn new(
-        id: NumberId,
-        name: String,
-        routing: RoutingSettings,
-        queue_cfg: QueueSettings,
-    ) -> Self {
+    pub(crate) fn new(id: NumberId, name: String, routing: RoutingSettings, queue_cfg: QueueSettings) -> Self {
         Number {
             id,
             name,

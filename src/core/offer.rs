@@ -51,9 +51,7 @@ impl Account {
         let ring_all = number.routing.strategy == Strategy::RingAll;
         let (kind, call_id, callback_id) = match &e.kind {
             EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
-            EntryKind::Callback { callback_id, .. } => {
-                (OfferKind::Callback, None, Some(callback_id.clone()))
-            }
+            EntryKind::Callback { callback_id, .. } => (OfferKind::Callback, None, Some(callback_id.clone())),
         };
         let msg = AgentMessage::Offer {
             offer_id: id,
@@ -66,16 +64,7 @@ impl Account {
         };
         let key = e.key();
         let timer = self.arm(expires_at, Timer::OfferExpiry(id));
-        self.offers.insert(
-            id,
-            Offer {
-                id,
-                user: u,
-                entry: seq,
-                expires_at,
-                timer,
-            },
-        );
+        self.offers.insert(id, Offer { id, user: u, entry: seq, expires_at, timer });
         if let Some(e) = self.entries.get_mut(&seq) {
             e.offers.push(id);
             if !e.rung.contains(&u) {
@@ -106,11 +95,7 @@ impl Account {
         let mut auto_away = None;
         if let Some(e) = self.entries.get_mut(&o.entry) {
             e.offers.retain(|&x| x != id);
-            if matches!(
-                why,
-                OfferEnd::Declined | OfferEnd::Expired | OfferEnd::Withdrawn
-            ) && !e.tried.contains(&u)
-            {
+            if matches!(why, OfferEnd::Declined | OfferEnd::Expired | OfferEnd::Withdrawn) && !e.tried.contains(&u) {
                 e.tried.push(u);
             }
             let n = e.number;
@@ -124,10 +109,9 @@ impl Account {
         let (lost, revoke) = match why {
             OfferEnd::Declined | OfferEnd::Withdrawn => (LostReason::TooLate, None),
             OfferEnd::Expired => (LostReason::TooLate, Some(RevokeReason::Expired)),
-            OfferEnd::Revoked(RevokeReason::AnsweredElsewhere) => (
-                LostReason::AnsweredElsewhere,
-                Some(RevokeReason::AnsweredElsewhere),
-            ),
+            OfferEnd::Revoked(RevokeReason::AnsweredElsewhere) => {
+                (LostReason::AnsweredElsewhere, Some(RevokeReason::AnsweredElsewhere))
+            }
             OfferEnd::Revoked(r) => (LostReason::Gone, Some(r)),
         };
         let user = self.user_mut(u);
@@ -139,13 +123,7 @@ impl Account {
         }
         let away = matches!(auto_away, Some(limit) if limit > 0 && user.missed_in_row >= limit);
         if let Some(reason) = revoke {
-            self.send_user(
-                u,
-                AgentMessage::OfferRevoked {
-                    offer_id: id,
-                    reason,
-                },
-            );
+            self.send_user(u, AgentMessage::OfferRevoked { offer_id: id, reason });
         }
         if self.user(u).activity == Activity::Ringing(id) {
             self.change_user(u, |user, _| {
@@ -164,21 +142,9 @@ impl Account {
     /// for the same entry is revoked, and the gateway is told to connect.
     pub(crate) fn accept(&mut self, u: UserIx, id: OfferId, ref_: Option<Ref>) {
         let Some(o) = self.offers.get(&id).filter(|o| o.user == u) else {
-            let reason = self
-                .user(u)
-                .ended_offers
-                .iter()
-                .find(|(x, _)| *x == id)
-                .map(|&(_, r)| r)
-                .unwrap_or(LostReason::Gone);
-            self.send_user(
-                u,
-                AgentMessage::OfferLost {
-                    ref_,
-                    offer_id: id,
-                    reason,
-                },
-            );
+            let reason =
+                self.user(u).ended_offers.iter().find(|(x, _)| *x == id).map(|&(_, r)| r).unwrap_or(LostReason::Gone);
+            self.send_user(u, AgentMessage::OfferLost { ref_, offer_id: id, reason });
             return;
         };
         let seq = o.entry;
@@ -192,10 +158,7 @@ impl Account {
                 return;
             };
             e.offers.retain(|&x| x != id);
-            e.phase = Phase::Connecting {
-                agent: u,
-                dial: None,
-            };
+            e.phase = Phase::Connecting { agent: u, dial: None };
             (e.kind.clone(), std::mem::take(&mut e.offers))
         };
         for other in others {
@@ -208,24 +171,14 @@ impl Account {
                 self.set_activity(u, Activity::OnCall(call_id.clone()));
                 self.send_user(
                     u,
-                    AgentMessage::OfferWon {
-                        ref_,
-                        offer_id: id,
-                        call_id: Some(call_id.clone()),
-                        callback_id: None,
-                    },
+                    AgentMessage::OfferWon { ref_, offer_id: id, call_id: Some(call_id.clone()), callback_id: None },
                 );
                 self.send_gateway(GatewayCommand::CallBridge { call_id, agent });
             }
-            EntryKind::Callback {
-                callback_id, phone, ..
-            } => {
+            EntryKind::Callback { callback_id, phone, .. } => {
                 let dial = self.new_call_id("cb");
                 if let Some(e) = self.entries.get_mut(&seq) {
-                    e.phase = Phase::Connecting {
-                        agent: u,
-                        dial: Some(dial.clone()),
-                    };
+                    e.phase = Phase::Connecting { agent: u, dial: Some(dial.clone()) };
                 }
                 let n = self.entries[&seq].number;
                 let caller_id = self.number(n).id.clone();

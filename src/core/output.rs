@@ -9,16 +9,9 @@ use crate::protocol::gateway::GatewayCommand;
 #[derive(Clone, PartialEq, Debug)]
 pub enum Output {
     /// A command for a gateway serving `account`.
-    Gateway {
-        account: AccountId,
-        cmd: GatewayCommand,
-    },
+    Gateway { account: AccountId, cmd: GatewayCommand },
     /// A message for every open connection of `user`.
-    User {
-        account: AccountId,
-        user: UserId,
-        msg: AgentMessage,
-    },
+    User { account: AccountId, user: UserId, msg: AgentMessage },
     /// A message for one connection (replies, subscriptions).
     Conn { conn: ConnId, msg: AgentMessage },
     /// Close a connection (its user was deactivated or removed).
@@ -50,9 +43,7 @@ impl CloseReason {
 }
 
 /// An id the gateway will send back later, so the shell can find the shard.
-#[derive(
-    Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum RouteKey {
     Call(CallId),
     Callback(CallbackId),
@@ -61,24 +52,8 @@ pub enum RouteKey {
 
 #[derive(Clone, PartialEq, Debug)]
 pub enum DirectoryChange {
-    Bind {
-        account: AccountId,
-        key: RouteKey,
-    },
-    Unbind {
-        account: AccountId,
-        key: RouteKey,
-    },
-    User {
-        account: AccountId,
-        user: UserId,
-        role: Role,
-        lifecycle: Lifecycle,
-        token_hash: Option<String>,
-    },
-    Number {
-        account: AccountId,
-        number: NumberId,
-        present: bool,
-    },
+    Bind { account: AccountId, key: RouteKey },
+    Unbind { account: AccountId, key: RouteKey },
+    User { account: AccountId, user: UserId, role: Role, lifecycle: Lifecycle, token_hash: Option<String> },
+    Number { account: AccountId, number: NumberId, present: bool },
 }

@@ -19,14 +19,9 @@ impl Account {
     /// A device of `user` connected. The first device brings the user
     /// online with the availability it last chose.
     pub(crate) fn connect(&mut self, user: &UserId, conn: ConnId) -> Result<Reply, CoreError> {
-        let u = self
-            .user_named(user)
-            .ok_or_else(|| CoreError::not_found(format!("no user {user}")))?;
+        let u = self.user_named(user).ok_or_else(|| CoreError::not_found(format!("no user {user}")))?;
         if !self.user(u).active() {
-            return Err(CoreError::forbidden(format!(
-                "user {user} is {}",
-                self.user(u).lifecycle.as_str()
-            )));
+            return Err(CoreError::forbidden(format!("user {user} is {}", self.user(u).lifecycle.as_str())));
         }
         if self.conn_user.contains_key(&conn) {
             return Err(CoreError::conflict("connection already open"));
@@ -48,9 +43,7 @@ impl Account {
         {
             let (kind, call_id, callback_id) = match &e.kind {
                 EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
-                EntryKind::Callback { callback_id, .. } => {
-                    (OfferKind::Callback, None, Some(callback_id.clone()))
-                }
+                EntryKind::Callback { callback_id, .. } => (OfferKind::Callback, None, Some(callback_id.clone())),
             };
             let msg = AgentMessage::Offer {
                 offer_id: id,
@@ -68,12 +61,7 @@ impl Account {
 
     fn hello(&self, u: UserIx) -> AgentMessage {
         let user = self.user(u);
-        let mut numbers: Vec<_> = user
-            .assigned
-            .iter()
-            .chain(&user.caller_id)
-            .copied()
-            .collect();
+        let mut numbers: Vec<_> = user.assigned.iter().chain(&user.caller_id).copied().collect();
         numbers.sort();
         numbers.dedup();
         let numbers = numbers
@@ -119,13 +107,8 @@ impl Account {
         status: WantedStatus,
         reason: Option<String>,
     ) -> Result<Reply, CoreError> {
-        if reason
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
-        {
-            return Err(CoreError::bad_request(format!(
-                "reason is longer than {MAX_REASON_CHARS} characters"
-            )));
+        if reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
+            return Err(CoreError::bad_request(format!("reason is longer than {MAX_REASON_CHARS} characters")));
         }
         match status {
             WantedStatus::Available => self.set_wants(u, Wants::Available),
@@ -146,50 +129,31 @@ impl Account {
         Ok(Reply::Done)
     }
 
-    /// After a restart no connection exists: everyone is offline, offers are
-    /// withdrawn (their calls are offered again as agents come back), and
-    /// connections the gateway may not have heard about are asked again.
-    pub(crate) fn restarted(&mut self) {
-        let conns: Vec<ConnId> = self.conn_user.keys().copied().collect();
-        let mut conns = conns;
-        conns.sort();
-        for conn in conns {
-            let _ = self.disconnect(conn);
+    /// Commands the gateway was given and has not answered yet (a bridge
+    /// or callback dial in progress). After a restart the shell sends them
+    /// again so a gateway that lost them converges; gateways treat a repeat
+    /// for the same call and agent as a no-op (docs/protocol.md).
+    pub(crate) fn unanswered_commands(&self) -> Vec<GatewayCommand> {
+        let mut out = Vec::new();
+        for e in self.entries.values() {
+            let Phase::Connecting { agent, dial } = &e.phase else { continue };
+            let agent = self.user(*agent).id.clone();
+            match (&e.kind, dial) {
+                (EntryKind::Call { call_id }, _) => {
+                    out.push(GatewayCommand::CallBridge { call_id: call_id.clone(), agent })
+                }
+                (EntryKind::Callback { callback_id, phone, .. }, Some(dial)) => {
+                    out.push(GatewayCommand::CallbackDial {
+                        callback_id: callback_id.clone(),
+                        call_id: dial.clone(),
+                        agent,
+                        to: phone.clone(),
+                        caller_id: self.number(e.number).id.clone(),
+                    })
+                }
+                _ => {}
+            }
         }
-        // Re-send the commands whose answer never came, so a gateway that
-        // lost them converges. Gateways treat a repeat for the same call and
-        // agent as idempotent (docs/protocol.md).
-        let connecting: Vec<_> = self
-            .entries
-            .values()
-            .filter_map(|e| match &e.phase {
-                Phase::Connecting { agent, dial } => Some((e.seq, *agent, dial.clone())),
-                _ => None,
-            })
-            .collect();
-        for (seq, agent, dial) in connecting {
-            let e = &self.entries[&seq];
-            let agent_id = self.user(agent).id.clone();
-            let cmd = match (&e.kind, dial) {
-                (EntryKind::Call { call_id }, _) => GatewayCommand::CallBridge {
-                    call_id: call_id.clone(),
-                    agent: agent_id,
-                },
-                (
-                    EntryKind::Callback {
-                        callback_id, phone, ..
-                    },
-                    Some(dial),
-                ) => GatewayCommand::CallbackDial {
-                    callback_id: callback_id.clone(),
-                    call_id: dial,
-                    agent: agent_id,
-                    to: phone.clone(),
-                    caller_id: self.number(e.number).id.clone(),
-                },
-                _ => continue,
-            };
-            self.send_gateway(cmd);
-        }
+        out
     }
 }

@@ -27,24 +27,14 @@ pub(crate) struct QKey {
 
 impl QKey {
     pub(crate) fn new(priority: u8, seq: Seq) -> Self {
-        QKey {
-            rank: 255 - priority,
-            seq,
-        }
+        QKey { rank: 255 - priority, seq }
     }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub(crate) enum EntryKind {
-    Call {
-        call_id: CallId,
-    },
-    Callback {
-        callback_id: CallbackId,
-        origin: CallId,
-        phone: Phone,
-        attempts: u32,
-    },
+    Call { call_id: CallId },
+    Callback { callback_id: CallbackId, origin: CallId, phone: Phone, attempts: u32 },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -99,13 +89,7 @@ impl Entry {
 impl Account {
     /// A caller dialled `number`. Routes it at once; it waits, overflows or
     /// rings someone before this returns.
-    pub(crate) fn new_inbound(
-        &mut self,
-        call_id: CallId,
-        number: NumberIx,
-        from: Phone,
-        priority: u8,
-    ) {
+    pub(crate) fn new_inbound(&mut self, call_id: CallId, number: NumberIx, from: Phone, priority: u8) {
         let seq = self.next_seq();
         let now = self.now;
         let cfg = &self.number(number).queue_cfg;
@@ -117,9 +101,7 @@ impl Account {
             priority,
             arrived_at: now,
             from,
-            kind: EntryKind::Call {
-                call_id: call_id.clone(),
-            },
+            kind: EntryKind::Call { call_id: call_id.clone() },
             phase: Phase::Queued,
             offers: Vec::new(),
             tried: Vec::new(),
@@ -201,11 +183,7 @@ impl Account {
             return 0;
         };
         let q = &self.number(e.number).queue;
-        let behind = if q.last() == Some(&key) {
-            0
-        } else {
-            q.range(key..).count().saturating_sub(1)
-        };
+        let behind = if q.last() == Some(&key) { 0 } else { q.range(key..).count().saturating_sub(1) };
         let pos = q.len().saturating_sub(behind);
         u32::try_from(pos).unwrap_or(u32::MAX)
     }
@@ -245,12 +223,7 @@ impl Account {
         e.announced = Some((now, position));
         if let EntryKind::Call { call_id } = &e.kind {
             let call_id = call_id.clone();
-            self.send_gateway(GatewayCommand::CallQueued {
-                call_id,
-                position,
-                ewt_ms,
-                ewt_known,
-            });
+            self.send_gateway(GatewayCommand::CallQueued { call_id, position, ewt_ms, ewt_known });
         }
         self.mark_stats(n);
     }
@@ -270,25 +243,15 @@ impl Account {
         };
         let outcome = match overflow {
             Overflow::Voicemail => {
-                self.send_gateway(GatewayCommand::CallVoicemail {
-                    call_id: call_id.clone(),
-                    reason,
-                });
+                self.send_gateway(GatewayCommand::CallVoicemail { call_id: call_id.clone(), reason });
                 Outcome::Voicemail { reason }
             }
             Overflow::Forward(to) => {
-                self.send_gateway(GatewayCommand::CallForward {
-                    call_id: call_id.clone(),
-                    to: to.clone(),
-                    reason,
-                });
+                self.send_gateway(GatewayCommand::CallForward { call_id: call_id.clone(), to: to.clone(), reason });
                 Outcome::Forwarded { to, reason }
             }
             Overflow::Hangup => {
-                self.send_gateway(GatewayCommand::CallHangup {
-                    call_id: call_id.clone(),
-                    reason: reason.into(),
-                });
+                self.send_gateway(GatewayCommand::CallHangup { call_id: call_id.clone(), reason: reason.into() });
                 Outcome::HungUp { reason }
             }
         };
@@ -302,32 +265,15 @@ impl Account {
         let number_id = self.number(e.number).id.clone();
         let restricted = e.rung.iter().any(|&u| !self.is_assigned(u, e.number));
         let (id, kind, origin_call, dial_call, attempts, to) = match &e.kind {
-            EntryKind::Call { call_id } => (
-                call_id.to_string(),
-                CallKind::Inbound,
-                None,
-                None,
-                0,
-                Phone::new(number_id.as_str()),
-            ),
-            EntryKind::Callback {
-                callback_id,
-                origin,
-                phone,
-                attempts,
-            } => {
+            EntryKind::Call { call_id } => {
+                (call_id.to_string(), CallKind::Inbound, None, None, 0, Phone::new(number_id.as_str()))
+            }
+            EntryKind::Callback { callback_id, origin, phone, attempts } => {
                 let dial = match &e.phase {
                     Phase::Connecting { dial, .. } => dial.clone(),
                     _ => None,
                 };
-                (
-                    callback_id.to_string(),
-                    CallKind::Callback,
-                    Some(origin.clone()),
-                    dial,
-                    *attempts,
-                    phone.clone(),
-                )
+                (callback_id.to_string(), CallKind::Callback, Some(origin.clone()), dial, *attempts, phone.clone())
             }
         };
         let missed = kind == CallKind::Inbound && outcome.is_missed() && !restricted;
@@ -354,10 +300,7 @@ impl Account {
         };
         match &e.kind {
             EntryKind::Call { call_id } => {
-                self.remember(
-                    RecentKey::Call(call_id.clone()),
-                    Some((e.number, e.from.clone(), restricted)),
-                );
+                self.remember(RecentKey::Call(call_id.clone()), Some((e.number, e.from.clone(), restricted)));
                 if missed {
                     let msg = AgentMessage::MissedCall {
                         number: number_id,

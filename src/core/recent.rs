@@ -77,10 +77,7 @@ impl Account {
                 RecentKey::Voicemail(_) => None,
             };
             if let Some(key) = route {
-                self.out.push(Output::Directory(DirectoryChange::Unbind {
-                    account: self.id.clone(),
-                    key,
-                }));
+                self.out.push(Output::Directory(DirectoryChange::Unbind { account: self.id.clone(), key }));
             }
         }
         if let Some((at, _)) = self.recent.order.front() {

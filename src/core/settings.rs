@@ -9,9 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default, PartialOrd, Ord, Hash,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Offer every eligible target at once; first accept wins.
@@ -26,12 +24,8 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [
-        Strategy::RingAll,
-        Strategy::RingInOrder,
-        Strategy::RoundRobin,
-        Strategy::LongestIdle,
-    ];
+    pub const ALL: [Strategy; 4] =
+        [Strategy::RingAll, Strategy::RingInOrder, Strategy::RoundRobin, Strategy::LongestIdle];
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::RingAll => "ring_all",
@@ -97,12 +91,8 @@ impl std::str::FromStr for Overflow {
             "hangup" => Ok(Overflow::Hangup),
             _ => match s.strip_prefix("forward:") {
                 Some(to) if is_e164(to) => Ok(Overflow::Forward(NumberId::from(to))),
-                Some(to) => Err(format!(
-                    "overflow forward target {to:?} is not an E.164 number"
-                )),
-                None => Err(format!(
-                    "overflow must be \"voicemail\", \"hangup\" or \"forward:+E164\", not {s:?}"
-                )),
+                Some(to) => Err(format!("overflow forward target {to:?} is not an E.164 number")),
+                None => Err(format!("overflow must be \"voicemail\", \"hangup\" or \"forward:+E164\", not {s:?}")),
             },
         }
     }
@@ -187,10 +177,7 @@ impl RoutingSettings {
 impl QueueSettings {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_waiting > limits::MAX_WAITING {
-            return Err(format!(
-                "queue.max_waiting must be at most {}",
-                limits::MAX_WAITING
-            ));
+            return Err(format!("queue.max_waiting must be at most {}", limits::MAX_WAITING));
         }
         if self.max_wait.is_zero() || self.max_wait > limits::MAX_WAIT {
             return Err("queue.max_wait must be between 1ms and 24h".into());
@@ -198,14 +185,8 @@ impl QueueSettings {
         if self.announce_position && self.announce_every < limits::MIN_ANNOUNCE_EVERY {
             return Err("queue.announce_every must be at least 100ms".into());
         }
-        if self.callback
-            && (self.callback_attempts == 0
-                || self.callback_attempts > limits::MAX_CALLBACK_ATTEMPTS)
-        {
-            return Err(format!(
-                "queue.callback_attempts must be between 1 and {}",
-                limits::MAX_CALLBACK_ATTEMPTS
-            ));
+        if self.callback && (self.callback_attempts == 0 || self.callback_attempts > limits::MAX_CALLBACK_ATTEMPTS) {
+            return Err(format!("queue.callback_attempts must be between 1 and {}", limits::MAX_CALLBACK_ATTEMPTS));
         }
         if self.callback && self.callback_retry_after.is_zero() {
             return Err("queue.callback_retry_after must be more than 0".into());
@@ -221,16 +202,10 @@ mod tests {
     #[test]
     fn overflow_strings() {
         assert_eq!("voicemail".parse::<Overflow>(), Ok(Overflow::Voicemail));
-        assert_eq!(
-            "forward:+15550199".parse::<Overflow>(),
-            Ok(Overflow::Forward("+15550199".into()))
-        );
+        assert_eq!("forward:+15550199".parse::<Overflow>(), Ok(Overflow::Forward("+15550199".into())));
         assert!("forward:nowhere".parse::<Overflow>().is_err());
         assert!("drop".parse::<Overflow>().is_err());
-        assert_eq!(
-            Overflow::Forward("+15550199".into()).to_string(),
-            "forward:+15550199"
-        );
+        assert_eq!(Overflow::Forward("+15550199".into()).to_string(), "forward:+15550199");
     }
 
     #[test]
@@ -247,16 +222,9 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let r = RoutingSettings {
-            ring_timeout: Duration::ZERO,
-            ..Default::default()
-        };
+        let r = RoutingSettings { ring_timeout: Duration::ZERO, ..Default::default() };
         assert!(r.validate().unwrap_err().contains("ring_timeout"));
-        let q = QueueSettings {
-            callback: true,
-            callback_attempts: 0,
-            ..Default::default()
-        };
+        let q = QueueSettings { callback: true, callback_attempts: 0, ..Default::default() };
         assert!(q.validate().unwrap_err().contains("callback_attempts"));
     }
 }

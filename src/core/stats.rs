@@ -112,9 +112,7 @@ impl Account {
         for key in &number.queue {
             match (&self.entries[&key.seq].kind, &self.entries[&key.seq].phase) {
                 (EntryKind::Call { .. }, _) => waiting += 1,
-                (EntryKind::Callback { .. }, Phase::Queued | Phase::RetryWait { .. }) => {
-                    callbacks += 1
-                }
+                (EntryKind::Callback { .. }, Phase::Queued | Phase::RetryWait { .. }) => callbacks += 1,
                 _ => {}
             }
         }
@@ -134,12 +132,6 @@ impl Account {
                 Status::Offline => {}
             }
         }
-        AgentMessage::QueueStats {
-            number: number.id.clone(),
-            waiting,
-            callbacks,
-            longest_wait_ms,
-            agents,
-        }
+        AgentMessage::QueueStats { number: number.id.clone(), waiting, callbacks, longest_wait_ms, agents }
     }
 }

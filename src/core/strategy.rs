@@ -82,30 +82,16 @@ impl Pool {
     /// The single target to offer next under `strategy`, skipping positions
     /// for which `skip` is true (targets that already tried this call).
     /// `last` is the round-robin cursor. Not for `ring_all`.
-    pub(crate) fn select(
-        &self,
-        strategy: Strategy,
-        last: Option<Pos>,
-        skip: impl Fn(Pos) -> bool,
-    ) -> Option<Pos> {
+    pub(crate) fn select(&self, strategy: Strategy, last: Option<Pos>, skip: impl Fn(Pos) -> bool) -> Option<Pos> {
         match (self, strategy) {
             (Pool::ByPosition(s), Strategy::RoundRobin) => {
                 // After the cursor to the end, then from the start up to and
                 // including the cursor (it goes last, after a full lap).
                 let (tail, head) = match last {
-                    Some(l) => (
-                        (Bound::Excluded(l), Bound::Unbounded),
-                        (Bound::Unbounded, Bound::Included(l)),
-                    ),
-                    None => (
-                        (Bound::Unbounded, Bound::Unbounded),
-                        (Bound::Unbounded, Bound::Excluded(0)),
-                    ),
+                    Some(l) => ((Bound::Excluded(l), Bound::Unbounded), (Bound::Unbounded, Bound::Included(l))),
+                    None => ((Bound::Unbounded, Bound::Unbounded), (Bound::Unbounded, Bound::Excluded(0))),
                 };
-                s.range(tail)
-                    .chain(s.range(head))
-                    .copied()
-                    .find(|&p| !skip(p))
+                s.range(tail).chain(s.range(head)).copied().find(|&p| !skip(p))
             }
             (Pool::ByPosition(s), _) => s.iter().copied().find(|&p| !skip(p)),
             (Pool::ByIdle(s), _) => s.iter().map(|&(_, p)| p).find(|&p| !skip(p)),

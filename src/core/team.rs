@@ -26,9 +26,7 @@ impl Role {
     }
 }
 
-#[derive(
-    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Hash, PartialOrd, Ord, Default,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Hash, PartialOrd, Ord, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Plan {
     Essentials,

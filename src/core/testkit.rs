@@ -68,11 +68,7 @@ impl Bed {
     }
 
     pub fn admin(&mut self, cmd: AdminCommand) -> Handled {
-        self.input(Input::Admin {
-            account: self.account.clone(),
-            actor: Actor::System,
-            cmd,
-        })
+        self.input(Input::Admin { account: self.account.clone(), actor: Actor::System, cmd })
     }
 
     pub fn user(&mut self, id: &str, role: Role) {
@@ -106,34 +102,20 @@ impl Bed {
             routing,
             queue,
         };
-        self.admin(AdminCommand::UpsertNumber {
-            number: number.into(),
-            spec,
-        })
+        self.admin(AdminCommand::UpsertNumber { number: number.into(), spec })
     }
 
     /// A number with `strategy` and default settings otherwise.
     pub fn simple_number(&mut self, number: &str, assigned: &[&str], strategy: Strategy) {
-        let h = self.number(
-            number,
-            assigned,
-            RoutingSettings {
-                strategy,
-                ..Default::default()
-            },
-            QueueSettings::default(),
-        );
+        let h =
+            self.number(number, assigned, RoutingSettings { strategy, ..Default::default() }, QueueSettings::default());
         assert!(h.result.is_ok(), "{h:?}");
     }
 
     pub fn connect(&mut self, user: &str) -> ConnId {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
-        let h = self.input(Input::Connect {
-            account: self.account.clone(),
-            user: user.into(),
-            conn,
-        });
+        let h = self.input(Input::Connect { account: self.account.clone(), user: user.into(), conn });
         assert!(h.result.is_ok(), "connect {user}: {h:?}");
         self.conns.entry(user.into()).or_default().push(conn);
         conn
@@ -143,32 +125,17 @@ impl Bed {
         for v in self.conns.values_mut() {
             v.retain(|&c| c != conn);
         }
-        self.input(Input::Disconnect {
-            account: self.account.clone(),
-            conn,
-        })
+        self.input(Input::Disconnect { account: self.account.clone(), conn })
     }
 
     pub fn gw(&mut self, event: GatewayEvent) -> Handled {
-        self.input(Input::Gateway {
-            account: self.account.clone(),
-            event,
-        })
+        self.input(Input::Gateway { account: self.account.clone(), event })
     }
 
     /// A command from the user's first connection.
     pub fn agent(&mut self, user: &str, cmd: AgentCommand) -> Handled {
-        let conn = self
-            .conns
-            .get(&UserId::from(user))
-            .and_then(|v| v.first().copied())
-            .unwrap_or(ConnId(u64::MAX));
-        self.input(Input::Agent {
-            account: self.account.clone(),
-            conn,
-            ref_: None,
-            cmd,
-        })
+        let conn = self.conns.get(&UserId::from(user)).and_then(|v| v.first().copied()).unwrap_or(ConnId(u64::MAX));
+        self.input(Input::Agent { account: self.account.clone(), conn, ref_: None, cmd })
     }
 
     pub fn inbound(&mut self, call_id: &str, to: &str) -> Handled {
@@ -185,17 +152,11 @@ impl Bed {
     }
 
     pub fn answered(&mut self, call_id: &str, agent: &str) -> Handled {
-        self.gw(GatewayEvent::CallAnswered {
-            call_id: call_id.into(),
-            agent: agent.into(),
-        })
+        self.gw(GatewayEvent::CallAnswered { call_id: call_id.into(), agent: agent.into() })
     }
 
     pub fn ended(&mut self, call_id: &str, reason: EndReason) -> Handled {
-        self.gw(GatewayEvent::CallEnded {
-            call_id: call_id.into(),
-            reason,
-        })
+        self.gw(GatewayEvent::CallEnded { call_id: call_id.into(), reason })
     }
 
     pub fn accept(&mut self, user: &str, offer: OfferId) -> Handled {
@@ -231,21 +192,11 @@ impl Bed {
         self.out
             .iter()
             .filter_map(|o| match o {
-                Output::User {
-                    user: u,
-                    msg:
-                        AgentMessage::Offer {
-                            offer_id,
-                            call_id,
-                            callback_id,
-                            ..
-                        },
-                    ..
-                } if u.as_str() == user => {
-                    let id = call_id
-                        .as_ref()
-                        .map(|c| c.to_string())
-                        .or_else(|| callback_id.as_ref().map(|c| c.to_string()));
+                Output::User { user: u, msg: AgentMessage::Offer { offer_id, call_id, callback_id, .. }, .. }
+                    if u.as_str() == user =>
+                {
+                    let id =
+                        call_id.as_ref().map(|c| c.to_string()).or_else(|| callback_id.as_ref().map(|c| c.to_string()));
                     Some((*offer_id, id.unwrap_or_default()))
                 }
                 _ => None,
@@ -256,12 +207,7 @@ impl Bed {
     /// The one offer `user` got since the last take.
     pub fn offer_to(&self, user: &str) -> OfferId {
         let offers = self.offers_to(user);
-        assert_eq!(
-            offers.len(),
-            1,
-            "expected one offer to {user}, got {offers:?}\n{:#?}",
-            self.out
-        );
+        assert_eq!(offers.len(), 1, "expected one offer to {user}, got {offers:?}\n{:#?}", self.out);
         offers[0].0
     }
 
@@ -270,11 +216,7 @@ impl Bed {
         self.out
             .iter()
             .filter_map(|o| match o {
-                Output::User {
-                    user,
-                    msg: AgentMessage::Offer { .. },
-                    ..
-                } => Some(user.to_string()),
+                Output::User { user, msg: AgentMessage::Offer { .. }, .. } => Some(user.to_string()),
                 _ => None,
             })
             .collect()
@@ -329,9 +271,7 @@ impl Bed {
     }
 
     pub fn status_of(&self, user: &str) -> crate::protocol::agent::Status {
-        self.engine
-            .user_status(&self.account, &user.into())
-            .unwrap_or(crate::protocol::agent::Status::Offline)
+        self.engine.user_status(&self.account, &user.into()).unwrap_or(crate::protocol::agent::Status::Offline)
     }
 
     pub fn number_id(n: &str) -> NumberId {

@@ -32,10 +32,7 @@ impl Instant {
     }
     /// Converts a wall-clock reading (taken by the shell) into engine time.
     pub fn from_system(t: SystemTime) -> Self {
-        let us = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
+        let us = t.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         Instant(u64::try_from(us).unwrap_or(u64::MAX))
     }
     pub fn to_system(self) -> SystemTime {
@@ -94,9 +91,8 @@ pub mod duration_str {
         if s == "0" {
             return Ok(Duration::ZERO);
         }
-        humantime::parse_duration(s).map_err(|e| {
-            format!("invalid duration {s:?}: {e} (use e.g. \"250ms\", \"15s\", \"10m\")")
-        })
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"250ms\", \"15s\", \"10m\")"))
     }
 
     pub fn format(d: Duration) -> String {
@@ -122,10 +118,7 @@ mod tests {
 
     #[test]
     fn rfc3339_is_utc_millis() {
-        assert_eq!(
-            Instant::from_millis(1_700_000_000_123).rfc3339(),
-            "2023-11-14T22:13:20.123Z"
-        );
+        assert_eq!(Instant::from_millis(1_700_000_000_123).rfc3339(), "2023-11-14T22:13:20.123Z");
     }
 
     #[test]

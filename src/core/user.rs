@@ -62,13 +62,7 @@ pub(crate) struct User {
 }
 
 impl User {
-    pub(crate) fn new(
-        id: UserId,
-        email: String,
-        role: Role,
-        lifecycle: Lifecycle,
-        now: Instant,
-    ) -> Self {
+    pub(crate) fn new(id: UserId, email: String, role: Role, lifecycle: Lifecycle, now: Instant) -> Self {
         User {
             id,
             email,
@@ -100,10 +94,7 @@ impl User {
 
     /// May be offered a call right now.
     pub(crate) fn is_eligible(&self) -> bool {
-        self.active()
-            && self.connected()
-            && self.wants == Wants::Available
-            && self.activity == Activity::Idle
+        self.active() && self.connected() && self.wants == Wants::Available && self.activity == Activity::Idle
     }
 
     /// Counts towards the staffing of its numbers (for the wait estimate):

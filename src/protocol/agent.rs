@@ -27,11 +27,7 @@ pub enum AgentCommand {
     #[serde(rename = "call.hangup")]
     CallHangup { call_id: CallId },
     #[serde(rename = "message.send")]
-    MessageSend {
-        from: NumberId,
-        to: Phone,
-        body: String,
-    },
+    MessageSend { from: NumberId, to: Phone, body: String },
     #[serde(rename = "monitor")]
     Monitor { call_id: CallId, mode: MonitorMode },
     #[serde(rename = "subscribe")]
@@ -168,10 +164,7 @@ pub enum AgentMessage {
         expires_in_ms: u64,
     },
     #[serde(rename = "offer.revoked")]
-    OfferRevoked {
-        offer_id: OfferId,
-        reason: RevokeReason,
-    },
+    OfferRevoked { offer_id: OfferId, reason: RevokeReason },
     #[serde(rename = "offer.won")]
     OfferWon {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -222,29 +215,11 @@ pub enum AgentMessage {
         at: Timestamp,
     },
     #[serde(rename = "voicemail")]
-    Voicemail {
-        number: NumberId,
-        call_id: CallId,
-        from: Phone,
-        url: String,
-        duration_ms: u64,
-        at: Timestamp,
-    },
+    Voicemail { number: NumberId, call_id: CallId, from: Phone, url: String, duration_ms: u64, at: Timestamp },
     #[serde(rename = "missed_call")]
-    MissedCall {
-        number: NumberId,
-        call_id: CallId,
-        from: Phone,
-        at: Timestamp,
-    },
+    MissedCall { number: NumberId, call_id: CallId, from: Phone, at: Timestamp },
     #[serde(rename = "queue.stats")]
-    QueueStats {
-        number: NumberId,
-        waiting: u32,
-        callbacks: u32,
-        longest_wait_ms: u64,
-        agents: AgentCounts,
-    },
+    QueueStats { number: NumberId, waiting: u32, callbacks: u32, longest_wait_ms: u64, agents: AgentCounts },
     /// Extension: acknowledges a command that has no other reply
     /// (`status.set`, `wrapup.done`, `subscribe`, `monitor`, `call.hangup`)
     /// when it carried a `ref`.
@@ -273,14 +248,8 @@ mod tests {
 
     #[test]
     fn commands_parse_with_ref() {
-        let f: AgentFrame =
-            serde_json::from_str(r#"{"type":"offer.accept","ref":"a1","offer_id":"o12"}"#).unwrap();
-        assert_eq!(
-            f.cmd,
-            AgentCommand::OfferAccept {
-                offer_id: OfferId(12)
-            }
-        );
+        let f: AgentFrame = serde_json::from_str(r#"{"type":"offer.accept","ref":"a1","offer_id":"o12"}"#).unwrap();
+        assert_eq!(f.cmd, AgentCommand::OfferAccept { offer_id: OfferId(12) });
         assert_eq!(f.ref_.as_deref(), Some("a1"));
         let f: AgentFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
         assert_eq!(f.cmd, AgentCommand::Ping {});

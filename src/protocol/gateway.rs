@@ -20,11 +20,7 @@ pub enum GatewayEvent {
     #[serde(rename = "call.answered")]
     CallAnswered { call_id: CallId, agent: UserId },
     #[serde(rename = "call.bridge_failed")]
-    CallBridgeFailed {
-        call_id: CallId,
-        agent: UserId,
-        reason: String,
-    },
+    CallBridgeFailed { call_id: CallId, agent: UserId, reason: String },
     #[serde(rename = "call.ended")]
     CallEnded { call_id: CallId, reason: EndReason },
     #[serde(rename = "callback.requested")]
@@ -34,28 +30,13 @@ pub enum GatewayEvent {
         phone: Option<Phone>,
     },
     #[serde(rename = "callback.result")]
-    CallbackResult {
-        callback_id: CallbackId,
-        outcome: DialOutcome,
-    },
+    CallbackResult { callback_id: CallbackId, outcome: DialOutcome },
     #[serde(rename = "message.inbound")]
-    MessageInbound {
-        message_id: MessageId,
-        to: NumberId,
-        from: Phone,
-        body: String,
-    },
+    MessageInbound { message_id: MessageId, to: NumberId, from: Phone, body: String },
     #[serde(rename = "message.status")]
-    MessageStatus {
-        message_id: MessageId,
-        status: DeliveryStatus,
-    },
+    MessageStatus { message_id: MessageId, status: DeliveryStatus },
     #[serde(rename = "voicemail.recorded")]
-    VoicemailRecorded {
-        call_id: CallId,
-        url: String,
-        duration_ms: u64,
-    },
+    VoicemailRecorded { call_id: CallId, url: String, duration_ms: u64 },
 }
 
 impl GatewayEvent {
@@ -148,10 +129,7 @@ pub enum GatewayCommand {
     #[serde(rename = "ack")]
     Ack { seq: u64 },
     #[serde(rename = "call.ringing")]
-    CallRinging {
-        call_id: CallId,
-        agents: Vec<UserId>,
-    },
+    CallRinging { call_id: CallId, agents: Vec<UserId> },
     #[serde(rename = "call.queued")]
     CallQueued {
         call_id: CallId,
@@ -162,64 +140,25 @@ pub enum GatewayCommand {
         ewt_known: bool,
     },
     #[serde(rename = "call.announce")]
-    CallAnnounce {
-        call_id: CallId,
-        position: u32,
-        ewt_ms: u64,
-        ewt_known: bool,
-    },
+    CallAnnounce { call_id: CallId, position: u32, ewt_ms: u64, ewt_known: bool },
     #[serde(rename = "call.bridge")]
     CallBridge { call_id: CallId, agent: UserId },
     #[serde(rename = "call.voicemail")]
-    CallVoicemail {
-        call_id: CallId,
-        reason: OverflowReason,
-    },
+    CallVoicemail { call_id: CallId, reason: OverflowReason },
     #[serde(rename = "call.forward")]
-    CallForward {
-        call_id: CallId,
-        to: NumberId,
-        reason: OverflowReason,
-    },
+    CallForward { call_id: CallId, to: NumberId, reason: OverflowReason },
     #[serde(rename = "call.hangup")]
-    CallHangup {
-        call_id: CallId,
-        reason: HangupReason,
-    },
+    CallHangup { call_id: CallId, reason: HangupReason },
     #[serde(rename = "callback.accepted")]
-    CallbackAccepted {
-        call_id: CallId,
-        callback_id: CallbackId,
-        position: u32,
-    },
+    CallbackAccepted { call_id: CallId, callback_id: CallbackId, position: u32 },
     #[serde(rename = "callback.dial")]
-    CallbackDial {
-        callback_id: CallbackId,
-        call_id: CallId,
-        agent: UserId,
-        to: Phone,
-        caller_id: NumberId,
-    },
+    CallbackDial { callback_id: CallbackId, call_id: CallId, agent: UserId, to: Phone, caller_id: NumberId },
     #[serde(rename = "call.dial")]
-    CallDial {
-        call_id: CallId,
-        agent: UserId,
-        to: Phone,
-        caller_id: NumberId,
-    },
+    CallDial { call_id: CallId, agent: UserId, to: Phone, caller_id: NumberId },
     #[serde(rename = "call.monitor")]
-    CallMonitor {
-        call_id: CallId,
-        supervisor: UserId,
-        mode: MonitorMode,
-    },
+    CallMonitor { call_id: CallId, supervisor: UserId, mode: MonitorMode },
     #[serde(rename = "message.send")]
-    MessageSend {
-        message_id: MessageId,
-        from: NumberId,
-        to: Phone,
-        body: String,
-    },
+    MessageSend { message_id: MessageId, from: NumberId, to: Phone, body: String },
     #[serde(rename = "error")]
     Error {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
@@ -286,21 +225,12 @@ mod tests {
         .unwrap();
         assert_eq!(f.seq, 3);
         assert_eq!(f.ref_.as_deref(), Some("r1"));
-        assert!(matches!(
-            f.event,
-            GatewayEvent::CallInbound { priority: None, .. }
-        ));
+        assert!(matches!(f.event, GatewayEvent::CallInbound { priority: None, .. }));
     }
 
     #[test]
     fn commands_serialize_with_dotted_types() {
-        let c = GatewayCommand::CallBridge {
-            call_id: "c1".into(),
-            agent: "alice".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&c).unwrap(),
-            r#"{"type":"call.bridge","call_id":"c1","agent":"alice"}"#
-        );
+        let c = GatewayCommand::CallBridge { call_id: "c1".into(), agent: "alice".into() };
+        assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"type":"call.bridge","call_id":"c1","agent":"alice"}"#);
     }
 }
