@@ -387,3 +387,305 @@ impl Account {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::core::admin::{AdminCommand, NumberSpec};
+    use crate::core::history::{CallKind, Outcome};
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::team::{Lifecycle, Plan, Role};
+    use crate::core::testkit::Bed;
+    use crate::core::{Output, Reply};
+    use crate::protocol::ErrorCode;
+    use crate::protocol::agent::{AgentCommand, AgentMessage, Status};
+    use crate::protocol::gateway::{EndReason, GatewayCommand, GatewayEvent, MonitorMode};
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    fn bed(agents: &[&str], wrap_up: Duration) -> Bed {
+        let mut b = Bed::new();
+        b.agents(agents);
+        let routing = RoutingSettings { strategy: Strategy::RingInOrder, wrap_up, ..Default::default() };
+        assert!(b.number(N, agents, routing, QueueSettings::default()).result.is_ok());
+        for a in agents {
+            b.connect(a);
+        }
+        b.take();
+        b
+    }
+
+    fn ringing_and_accepted(b: &mut Bed, call: &str, agent: &str) {
+        b.inbound(call, N);
+        let o = b.offer_to(agent);
+        b.take();
+        b.accept(agent, o);
+    }
+
+    #[test]
+    fn bridge_failure_puts_the_call_back_at_its_place_and_moves_on() {
+        let mut b = bed(&["a", "b"], Duration::ZERO);
+        b.agent("b", AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Away, reason: None });
+        ringing_and_accepted(&mut b, "c1", "a");
+        b.inbound("c2", N);
+        b.take();
+        let h = b.gw(GatewayEvent::CallBridgeFailed {
+            call_id: "c1".into(),
+            agent: "a".into(),
+            reason: "device offline".into(),
+        });
+        assert_eq!(h.result, Ok(Reply::Done));
+        assert!(b.user_msgs("a").contains(&AgentMessage::CallEnded { call_id: "c1".into() }));
+        let order: Vec<_> = b.engine.inspect().queue(&b.account, &N.into()).into_iter().map(|q| q.id).collect();
+        assert_eq!(order, ["c1", "c2"], "c1 keeps its place ahead of c2");
+        // a is free again but already failed c1, so a takes c2; c1 goes to b
+        // once b is back.
+        assert_eq!(b.offers_to("a").last().unwrap().1, "c2");
+        b.take();
+        b.agent("b", AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Available, reason: None });
+        assert_eq!(b.offers_to("b").last().unwrap().1, "c1");
+        // A repeated failure report is a no-op.
+        assert_eq!(
+            b.gw(GatewayEvent::CallBridgeFailed { call_id: "c1".into(), agent: "a".into(), reason: "x".into() }).result,
+            Ok(Reply::Duplicate)
+        );
+        b.check();
+    }
+
+    #[test]
+    fn answered_then_ended_records_one_outcome_and_wraps_up() {
+        let mut b = bed(&["a"], Duration::from_secs(10));
+        ringing_and_accepted(&mut b, "c1", "a");
+        assert!(b.gateway_cmds().contains(&GatewayCommand::CallBridge { call_id: "c1".into(), agent: "a".into() }));
+        b.answered("c1", "a");
+        assert_eq!(b.answered("c1", "a").result, Ok(Reply::Duplicate));
+        assert_eq!(b.status_of("a"), Status::OnCall);
+        b.advance(Duration::from_secs(42));
+        b.inbound("c2", N);
+        b.take();
+        b.ended("c1", EndReason::CallerHangup);
+        let rec = b.call_record("c1").unwrap();
+        assert_eq!(
+            (rec.outcome, rec.answered_by.as_ref().map(|u| u.as_str()), rec.talk_ms),
+            (Outcome::Answered, Some("a"), 42_000)
+        );
+        assert_eq!(b.status_of("a"), Status::WrapUp);
+        assert!(b.offered_users().is_empty(), "no offer during wrap-up");
+        b.take();
+        b.advance(Duration::from_secs(10));
+        assert_eq!(b.offers_to("a").len(), 1, "eligible again after wrap-up");
+        assert_eq!(b.ended("c1", EndReason::CallerHangup).result, Ok(Reply::Duplicate));
+        b.check();
+    }
+
+    #[test]
+    fn wrapup_done_ends_wrap_up_early() {
+        let mut b = bed(&["a"], Duration::from_secs(60));
+        ringing_and_accepted(&mut b, "c1", "a");
+        b.answered("c1", "a");
+        b.ended("c1", EndReason::AgentHangup);
+        b.inbound("c2", N);
+        b.take();
+        assert!(b.agent("a", AgentCommand::WrapupDone {}).result.is_ok());
+        assert_eq!(b.offers_to("a").len(), 1);
+        assert_eq!(b.agent("a", AgentCommand::WrapupDone {}).result.unwrap_err().code, ErrorCode::Conflict);
+    }
+
+    #[test]
+    fn outbound_needs_assignment_or_caller_id_access() {
+        let mut b = bed(&["a"], Duration::ZERO);
+        b.agents(&["carol", "mallory"]);
+        let spec = NumberSpec {
+            name: "Support".into(),
+            assigned: vec!["a".into()],
+            caller_id: vec!["carol".into()],
+            routing: RoutingSettings::default(),
+            queue: QueueSettings::default(),
+        };
+        b.admin(AdminCommand::UpsertNumber { number: N.into(), spec });
+        b.connect("carol");
+        b.connect("mallory");
+        b.take();
+        let dial = |to: &str| AgentCommand::CallDial { from: N.into(), to: to.into() };
+        let h = b.agent("mallory", dial("+15557770000"));
+        assert_eq!(h.result.unwrap_err().code, ErrorCode::Forbidden);
+        assert!(!h.journal);
+        let h = b.agent(
+            "mallory",
+            AgentCommand::MessageSend { from: N.into(), to: "+15557770000".into(), body: "hi".into() },
+        );
+        assert_eq!(h.result.unwrap_err().code, ErrorCode::Forbidden);
+        assert!(b.gateway_cmds().is_empty());
+        assert_eq!(b.agent("carol", dial("not a number")).result.unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            b.agent("carol", AgentCommand::CallDial { from: "+15559999999".into(), to: "+15557770000".into() })
+                .result
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound
+        );
+        assert!(b.agent("carol", dial("+15557770000")).result.is_ok());
+        let call_id = match &b.gateway_cmds()[..] {
+            [GatewayCommand::CallDial { call_id, agent, caller_id, .. }] => {
+                assert_eq!((agent.as_str(), caller_id.as_str()), ("carol", N));
+                call_id.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(b.status_of("carol"), Status::OnCall);
+        assert_eq!(
+            b.agent("carol", dial("+15557770000")).result.unwrap_err().code,
+            ErrorCode::Conflict,
+            "one call at a time"
+        );
+        b.answered(call_id.as_str(), "carol");
+        b.ended(call_id.as_str(), EndReason::AgentHangup);
+        let rec = b.call_record(call_id.as_str()).unwrap();
+        assert_eq!((rec.kind, rec.outcome, rec.restricted), (CallKind::Outbound, Outcome::Answered, true));
+        assert!(b.agent("a", dial("+15557770000")).result.is_ok());
+        b.check();
+    }
+
+    #[test]
+    fn agents_hang_up_only_their_own_calls() {
+        let mut b = bed(&["a", "b"], Duration::ZERO);
+        ringing_and_accepted(&mut b, "c1", "a");
+        b.answered("c1", "a");
+        b.take();
+        assert_eq!(
+            b.agent("b", AgentCommand::CallHangup { call_id: "c1".into() }).result.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert!(b.agent("a", AgentCommand::CallHangup { call_id: "c1".into() }).result.is_ok());
+        assert!(matches!(&b.gateway_cmds()[..], [GatewayCommand::CallHangup { .. }]));
+    }
+
+    #[test]
+    fn monitor_is_for_supervisors_on_pro_and_their_numbers() {
+        let mut b = bed(&["a"], Duration::ZERO);
+        b.user("sue", Role::Supervisor);
+        b.user("sid", Role::Supervisor);
+        b.user("ada", Role::Admin);
+        let spec = NumberSpec {
+            name: "Support".into(),
+            assigned: vec!["a".into(), "sue".into()],
+            caller_id: vec![],
+            routing: RoutingSettings { targets: Some(vec!["a".into()]), ..Default::default() },
+            queue: QueueSettings::default(),
+        };
+        b.admin(AdminCommand::UpsertNumber { number: N.into(), spec });
+        for u in ["sue", "sid", "ada"] {
+            b.connect(u);
+        }
+        ringing_and_accepted(&mut b, "c1", "a");
+        let listen = AgentCommand::Monitor { call_id: "c1".into(), mode: MonitorMode::Listen };
+        assert_eq!(
+            b.agent("sue", listen.clone()).result.unwrap_err().code,
+            ErrorCode::NotFound,
+            "not live before it is answered"
+        );
+        b.answered("c1", "a");
+        b.take();
+        assert_eq!(
+            b.agent("a", listen.clone()).result.unwrap_err().code,
+            ErrorCode::Forbidden,
+            "agents cannot monitor"
+        );
+        assert_eq!(b.agent("sid", listen.clone()).result.unwrap_err().code, ErrorCode::Forbidden, "not sid's number");
+        assert!(b.agent("sue", listen.clone()).result.is_ok());
+        assert!(
+            b.agent("ada", AgentCommand::Monitor { call_id: "c1".into(), mode: MonitorMode::Barge }).result.is_ok()
+        );
+        assert_eq!(
+            b.gateway_cmds(),
+            [
+                GatewayCommand::CallMonitor {
+                    call_id: "c1".into(),
+                    supervisor: "sue".into(),
+                    mode: MonitorMode::Listen
+                },
+                GatewayCommand::CallMonitor {
+                    call_id: "c1".into(),
+                    supervisor: "ada".into(),
+                    mode: MonitorMode::Barge
+                },
+            ]
+        );
+        // Off the pro plan, supervisors lose it.
+        b.admin(AdminCommand::SetPlan { plan: Plan::Team });
+        assert_eq!(b.agent("sue", listen).result.unwrap_err().code, ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn queue_stats_are_coalesced_per_interval() {
+        let mut b = bed(&["a"], Duration::ZERO);
+        b.user("sue", Role::Supervisor);
+        b.admin(AdminCommand::UpsertNumber {
+            number: N.into(),
+            spec: NumberSpec {
+                name: "Support".into(),
+                assigned: vec!["a".into(), "sue".into()],
+                caller_id: vec![],
+                routing: RoutingSettings { targets: Some(vec!["a".into()]), ..Default::default() },
+                queue: QueueSettings::default(),
+            },
+        });
+        let sue = b.connect("sue");
+        b.take();
+        assert!(b.agent("a", AgentCommand::Subscribe { topic: crate::protocol::agent::Topic::Queues }).result.is_err());
+        b.agent("sue", AgentCommand::Subscribe { topic: crate::protocol::agent::Topic::Queues });
+        assert_eq!(b.conn_msgs(sue).len(), 1, "a snapshot at once");
+        b.take();
+        for i in 0..50 {
+            b.inbound(&format!("c{i}"), N);
+        }
+        b.advance(Duration::from_millis(999));
+        assert!(b.conn_msgs(sue).is_empty(), "nothing before the interval");
+        b.advance(Duration::from_millis(1));
+        match &b.conn_msgs(sue)[..] {
+            [AgentMessage::QueueStats { waiting, agents, .. }] => {
+                assert_eq!(*waiting, 50);
+                assert_eq!(agents.ringing, 1);
+            }
+            other => panic!("expected one coalesced update, got {other:?}"),
+        }
+        b.take();
+        b.disconnect(sue);
+        b.advance(Duration::from_secs(5));
+        assert!(b.conn_msgs(sue).is_empty());
+    }
+
+    #[test]
+    fn deactivating_a_ringing_user_closes_it_and_moves_the_call_on() {
+        let mut b = bed(&["a", "b"], Duration::ZERO);
+        b.inbound("c1", N);
+        b.offer_to("a");
+        b.take();
+        b.admin(AdminCommand::SetLifecycle { user: "a".into(), lifecycle: Lifecycle::Deactivated });
+        assert!(b.out.iter().any(|o| matches!(o, Output::Close { .. })));
+        assert_eq!(b.offered_users(), ["b"]);
+        assert_eq!(b.status_of("a"), Status::Offline);
+        let h = b.input(crate::core::Input::Connect {
+            account: b.account.clone(),
+            user: "a".into(),
+            conn: crate::core::ids::ConnId(99),
+        });
+        assert_eq!(h.result.unwrap_err().code, ErrorCode::Forbidden);
+        b.check();
+    }
+
+    #[test]
+    fn removing_a_user_on_a_call_keeps_the_call_and_its_history() {
+        let mut b = bed(&["a", "b"], Duration::ZERO);
+        ringing_and_accepted(&mut b, "c1", "a");
+        b.answered("c1", "a");
+        b.admin(AdminCommand::SetLifecycle { user: "a".into(), lifecycle: Lifecycle::Removed });
+        assert!(b.engine.inspect().targets(&b.account, &N.into()) == ["b"]);
+        b.take();
+        b.ended("c1", EndReason::AgentHangup);
+        assert_eq!(b.call_record("c1").unwrap().answered_by.unwrap().as_str(), "a");
+        b.inbound("c2", N);
+        assert_eq!(b.offered_users(), ["b"]);
+        b.check();
+    }
+}

@@ -180,3 +180,172 @@ impl Account {
         self.mark_stats(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::core::Reply;
+    use crate::core::history::{CallKind, Outcome};
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::testkit::Bed;
+    use crate::protocol::agent::{AgentMessage, OfferKind};
+    use crate::protocol::gateway::{DialOutcome, EndReason, GatewayCommand, GatewayEvent};
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    fn bed() -> Bed {
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        let q = QueueSettings {
+            callback: true,
+            callback_attempts: 2,
+            callback_retry_after: Duration::from_secs(300),
+            ..Default::default()
+        };
+        assert!(
+            b.number(N, &["a"], RoutingSettings { strategy: Strategy::RingInOrder, ..Default::default() }, q)
+                .result
+                .is_ok()
+        );
+        b.take();
+        b
+    }
+
+    fn request(b: &mut Bed, call: &str) -> String {
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: call.into(), phone: Some("+15557770000".into()) });
+        assert_eq!(h.result, Ok(Reply::Done));
+        b.gateway_cmds()
+            .into_iter()
+            .find_map(|c| match c {
+                GatewayCommand::CallbackAccepted { callback_id, call_id, .. } if call_id.as_str() == call => {
+                    Some(callback_id.to_string())
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn order(b: &Bed) -> Vec<String> {
+        b.engine.inspect().queue(&b.account, &N.into()).into_iter().map(|q| q.id).collect()
+    }
+
+    #[test]
+    fn a_callback_keeps_the_callers_place_and_age() {
+        let mut b = bed();
+        b.inbound("first", N);
+        b.inbound("second", N);
+        b.inbound("third", N);
+        b.take();
+        let cb = request(&mut b, "second");
+        assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallbackAccepted { position: 2, .. })));
+        assert_eq!(order(&b), ["first", cb.as_str(), "third"]);
+        // The caller leg ends; that is not an abandon.
+        b.take();
+        assert_eq!(b.ended("second", EndReason::CallerHangup).result, Ok(Reply::Duplicate));
+        assert!(b.records().is_empty());
+        // It is served exactly between the callers it waited with.
+        b.connect("a");
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            let (o, id) = b.offers_to("a").last().cloned().unwrap();
+            served.push(id.clone());
+            b.take();
+            b.accept("a", o);
+            if id == cb {
+                let dial = b.gateway_cmds().into_iter().find_map(|c| match c {
+                    GatewayCommand::CallbackDial { call_id, to, caller_id, .. } => {
+                        assert_eq!(to.as_str(), "+15557770000");
+                        assert_eq!(caller_id.as_str(), N, "dialled with the number as caller id");
+                        Some(call_id)
+                    }
+                    _ => None,
+                });
+                let dial = dial.unwrap();
+                b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::Connected });
+                b.ended(dial.as_str(), EndReason::AgentHangup);
+                let rec = b.call_record(&cb).unwrap();
+                assert_eq!(
+                    (rec.kind, rec.outcome, rec.answered_by.unwrap().as_str()),
+                    (CallKind::Callback, Outcome::CallbackCompleted, "a")
+                );
+                assert_eq!(rec.origin_call.unwrap().as_str(), "second");
+            } else {
+                b.answered(&id, "a");
+                b.ended(&id, EndReason::AgentHangup);
+            }
+        }
+        assert_eq!(served, ["first", cb.as_str(), "third"]);
+        b.check();
+    }
+
+    #[test]
+    fn callbacks_are_offered_as_kind_callback_and_recorded_on_request() {
+        let mut b = bed();
+        b.inbound("c1", N);
+        b.take();
+        let cb = request(&mut b, "c1");
+        assert_eq!(
+            b.call_record("c1").unwrap().outcome,
+            Outcome::CallbackRequested { callback_id: cb.as_str().into() }
+        );
+        b.connect("a");
+        assert!(b.user_msgs("a").iter().any(|m| matches!(m, AgentMessage::Offer { kind: OfferKind::Callback, callback_id: Some(id), call_id: None, .. } if id.as_str() == cb)));
+    }
+
+    #[test]
+    fn failed_attempts_retry_later_at_the_same_place_then_fail_for_good() {
+        let mut b = bed();
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        let cb = request(&mut b, "c1");
+        b.connect("a");
+        let (o, id) = b.offers_to("a")[0].clone();
+        assert_eq!(id, cb);
+        b.take();
+        b.accept("a", o);
+        b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::NoAnswer });
+        // Agent freed at once (no wrap-up) and takes the next caller; the
+        // callback waits for its retry but keeps its place at the head.
+        assert_eq!(b.offers_to("a").last().unwrap().1, "c2");
+        assert_eq!(order(&b), [cb.as_str(), "c2"]);
+        let c2 = b.offers_to("a").last().unwrap().0;
+        b.accept("a", c2);
+        b.answered("c2", "a");
+        b.ended("c2", EndReason::AgentHangup);
+        b.take();
+        b.advance(Duration::from_secs(299));
+        assert!(b.offered_users().is_empty(), "not before callback_retry_after");
+        b.advance(Duration::from_secs(1));
+        let (o, id) = b.offers_to("a")[0].clone();
+        assert_eq!(id, cb);
+        b.take();
+        b.accept("a", o);
+        b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::Busy });
+        let rec = b.call_record(&cb).unwrap();
+        assert_eq!((rec.outcome, rec.attempts), (Outcome::CallbackFailed, 2));
+        assert!(order(&b).is_empty());
+        // A repeated result is a no-op.
+        b.take();
+        let h = b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::Busy });
+        assert_eq!(h.result, Ok(Reply::Duplicate));
+        b.check();
+    }
+
+    #[test]
+    fn refused_when_off_or_not_waiting() {
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        b.simple_number(N, &["a"], Strategy::RingAll);
+        b.inbound("c1", N);
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: "c1".into(), phone: None });
+        assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::Conflict);
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: "nope".into(), phone: None });
+        assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::NotFound);
+        let mut b = bed();
+        b.inbound("c1", N);
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: "c1".into(), phone: Some("call me".into()) });
+        assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::BadRequest);
+        assert!(!h.journal);
+        b.check();
+    }
+}

@@ -179,3 +179,167 @@ impl Account {
         Ok(Reply::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::core::Reply;
+    use crate::core::admin::{AdminCommand, NumberSpec};
+    use crate::core::history::Record;
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::testkit::Bed;
+    use crate::protocol::agent::{AgentCommand, AgentMessage, Direction};
+    use crate::protocol::gateway::{EndReason, GatewayCommand, GatewayEvent};
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    /// a and b assigned; t is a routing target but not assigned; o is
+    /// outbound-only; x is in the account with nothing to do with N.
+    fn bed() -> Bed {
+        let mut b = Bed::new();
+        b.agents(&["a", "b", "t", "o", "x"]);
+        let spec = NumberSpec {
+            name: "Support".into(),
+            assigned: vec!["a".into(), "b".into()],
+            caller_id: vec!["o".into()],
+            routing: RoutingSettings {
+                strategy: Strategy::RingInOrder,
+                targets: Some(vec!["t".into(), "a".into()]),
+                ..Default::default()
+            },
+            queue: QueueSettings { max_wait: Duration::from_secs(60), ..Default::default() },
+        };
+        assert!(b.admin(AdminCommand::UpsertNumber { number: N.into(), spec }).result.is_ok());
+        for u in ["a", "b", "t", "o", "x"] {
+            b.connect(u);
+        }
+        b.take();
+        b
+    }
+
+    fn got(b: &Bed, user: &str, pred: impl Fn(&AgentMessage) -> bool) -> bool {
+        b.user_msgs(user).iter().any(pred)
+    }
+
+    #[test]
+    fn inbound_sms_reaches_assigned_users_only_once() {
+        let mut b = bed();
+        let sms = GatewayEvent::MessageInbound {
+            message_id: "m1".into(),
+            to: N.into(),
+            from: "+15557770000".into(),
+            body: "hello".into(),
+        };
+        assert_eq!(b.gw(sms.clone()).result, Ok(Reply::Done));
+        let is_inbox = |m: &AgentMessage| matches!(m, AgentMessage::InboxMessage { direction: Direction::Inbound, .. });
+        assert!(got(&b, "a", is_inbox) && got(&b, "b", is_inbox));
+        for u in ["t", "o", "x"] {
+            assert!(!got(&b, u, is_inbox), "{u} must not see the inbox");
+        }
+        b.take();
+        assert_eq!(b.gw(sms).result, Ok(Reply::Duplicate));
+        assert!(b.out.is_empty());
+        let bad = GatewayEvent::MessageInbound {
+            message_id: "m2".into(),
+            to: "+15559999999".into(),
+            from: "+1555".into(),
+            body: "x".into(),
+        };
+        assert_eq!(b.gw(bad).result.unwrap_err().code, crate::protocol::ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn a_call_that_rang_a_non_assigned_target_is_hidden_from_assigned_users() {
+        let mut b = bed();
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["t"]);
+        b.ended("c1", EndReason::CallerHangup);
+        assert!(b.call_record("c1").unwrap().restricted);
+        assert!(!got(&b, "a", |m| matches!(m, AgentMessage::MissedCall { .. })));
+        // A call only assigned users handled is visible and announced.
+        b.agent("t", AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Away, reason: None });
+        b.take();
+        b.inbound("c2", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        b.ended("c2", EndReason::CallerHangup);
+        assert!(!b.call_record("c2").unwrap().restricted);
+        assert!(got(&b, "a", |m| matches!(m, AgentMessage::MissedCall { .. })));
+        assert!(got(&b, "b", |m| matches!(m, AgentMessage::MissedCall { .. })));
+        assert!(!got(&b, "t", |m| matches!(m, AgentMessage::MissedCall { .. })));
+    }
+
+    #[test]
+    fn voicemail_fans_out_for_visible_calls() {
+        let mut b = bed();
+        for u in ["t", "a"] {
+            b.agent(u, AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Away, reason: None });
+        }
+        b.inbound("c1", N);
+        b.advance(Duration::from_secs(60));
+        assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. })));
+        b.take();
+        let vm = GatewayEvent::VoicemailRecorded {
+            call_id: "c1".into(),
+            url: "https://vm.test/1.wav".into(),
+            duration_ms: 12_000,
+        };
+        assert_eq!(b.gw(vm.clone()).result, Ok(Reply::Done));
+        assert!(got(&b, "b", |m| matches!(m, AgentMessage::Voicemail { duration_ms: 12_000, .. })));
+        assert!(!got(&b, "o", |m| matches!(m, AgentMessage::Voicemail { .. })));
+        assert!(b.records().iter().any(|r| matches!(r, Record::Voicemail(v) if !v.restricted)));
+        b.take();
+        assert_eq!(b.gw(vm).result, Ok(Reply::Duplicate));
+        let unknown = GatewayEvent::VoicemailRecorded { call_id: "zz".into(), url: "u".into(), duration_ms: 1 };
+        assert!(b.gw(unknown).result.is_err());
+    }
+
+    #[test]
+    fn outbound_sms_by_an_outbound_only_user_stays_private() {
+        let mut b = bed();
+        let send = |to: &str| AgentCommand::MessageSend { from: N.into(), to: to.into(), body: "on my way".into() };
+        assert!(b.agent("o", send("+15557770000")).result.is_ok());
+        assert!(got(&b, "o", |m| matches!(m, AgentMessage::InboxMessage { direction: Direction::Outbound, .. })));
+        assert!(!got(&b, "a", |m| matches!(m, AgentMessage::InboxMessage { .. })));
+        assert!(matches!(&b.gateway_cmds()[..], [GatewayCommand::MessageSend { .. }]));
+        assert!(b.records().iter().any(|r| matches!(r, Record::Message(m) if m.restricted)));
+        b.take();
+        assert!(b.agent("a", send("+15557770000")).result.is_ok());
+        assert!(got(&b, "b", |m| matches!(m, AgentMessage::InboxMessage { direction: Direction::Outbound, .. })));
+        let long = "x".repeat(super::MAX_BODY_CHARS + 1);
+        let h = b.agent("a", AgentCommand::MessageSend { from: N.into(), to: "+15557770000".into(), body: long });
+        assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn accounts_are_isolated() {
+        let mut b = bed();
+        b.add_account("globex", crate::core::team::Plan::Team);
+        let other = crate::core::Input::Gateway {
+            account: "globex".into(),
+            event: GatewayEvent::MessageInbound {
+                message_id: "m1".into(),
+                to: N.into(),
+                from: "+1555".into(),
+                body: "x".into(),
+            },
+        };
+        let h = b.input(other);
+        assert_eq!(
+            h.result.unwrap_err().code,
+            crate::protocol::ErrorCode::NotFound,
+            "acme's number is unknown to globex"
+        );
+        // An acme connection id cannot act in globex.
+        let conn = b.conns["a"][0];
+        let h = b.input(crate::core::Input::Agent {
+            account: "globex".into(),
+            conn,
+            ref_: None,
+            cmd: AgentCommand::Ping {},
+        });
+        assert!(h.result.is_err());
+        assert!(
+            b.out.iter().all(|o| !matches!(o, crate::core::Output::User { .. } | crate::core::Output::Conn { .. }))
+        );
+    }
+}

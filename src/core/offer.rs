@@ -217,3 +217,170 @@ impl Account {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::testkit::Bed;
+    use crate::protocol::agent::{AgentCommand, AgentMessage, LostReason, RevokeReason, Status};
+    use crate::protocol::gateway::GatewayCommand;
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    fn bed(strategy: Strategy, agents: &[&str], auto_away: u32) -> Bed {
+        let mut b = Bed::new();
+        b.agents(agents);
+        let routing = RoutingSettings { strategy, auto_away_after_missed: auto_away, ..Default::default() };
+        assert!(b.number(N, agents, routing, QueueSettings::default()).result.is_ok());
+        for a in agents {
+            b.connect(a);
+        }
+        b.take();
+        b
+    }
+
+    #[test]
+    fn ring_timeout_revokes_and_frees_the_agent() {
+        let mut b = bed(Strategy::RingInOrder, &["a", "b"], 0);
+        b.inbound("c1", N);
+        let oa = b.offer_to("a");
+        assert_eq!(b.status_of("a"), Status::Ringing);
+        b.take();
+        b.advance(Duration::from_millis(14_999));
+        assert!(b.offered_users().is_empty(), "not before the timeout");
+        b.advance(Duration::from_millis(1));
+        assert!(b.user_msgs("a").contains(&AgentMessage::OfferRevoked { offer_id: oa, reason: RevokeReason::Expired }));
+        assert_eq!(b.offered_users(), ["b"]);
+        assert_eq!(b.status_of("a"), Status::Available, "a missed offer never leaves an agent stuck");
+        b.take();
+        b.accept("a", oa);
+        assert!(matches!(b.user_msgs("a")[..], [AgentMessage::OfferLost { reason: LostReason::TooLate, .. }]));
+        b.check();
+    }
+
+    #[test]
+    fn decline_moves_on_at_once_and_is_not_a_miss() {
+        let mut b = bed(Strategy::RoundRobin, &["a", "b"], 1);
+        b.inbound("c1", N);
+        let oa = b.offer_to("a");
+        b.take();
+        assert!(b.decline("a", oa).result.is_ok());
+        assert_eq!(b.offered_users(), ["b"]);
+        assert_eq!(b.status_of("a"), Status::Available, "a decline does not count towards auto-away");
+        // Declining again is an error, not a crash.
+        assert!(b.decline("a", oa).result.is_err());
+        b.check();
+    }
+
+    #[test]
+    fn auto_away_after_n_missed_offers_in_a_row() {
+        let mut b = bed(Strategy::RingInOrder, &["a"], 2);
+        b.inbound("c1", N);
+        b.advance(Duration::from_secs(15));
+        assert_eq!(b.status_of("a"), Status::Ringing, "one miss: rung again after the full cycle");
+        b.take();
+        b.advance(Duration::from_secs(15));
+        assert_eq!(b.status_of("a"), Status::Away);
+        assert!(b.user_msgs("a").contains(&AgentMessage::Status {
+            status: Status::Away,
+            reason: Some("missed_offers".into()),
+            until: None
+        }));
+        assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallQueued { .. })));
+        b.take();
+        // Coming back clears the streak and picks up the waiting call.
+        b.agent("a", AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Available, reason: None });
+        assert_eq!(b.offered_users(), ["a"]);
+        b.check();
+    }
+
+    #[test]
+    fn an_accept_resets_the_missed_streak() {
+        let mut b = bed(Strategy::RingInOrder, &["a"], 2);
+        b.inbound("c1", N);
+        b.advance(Duration::from_secs(15));
+        let o = b.offers_to("a").last().map(|x| x.0).unwrap();
+        b.accept("a", o);
+        b.answered("c1", "a");
+        b.ended("c1", crate::protocol::gateway::EndReason::AgentHangup);
+        b.inbound("c2", N);
+        b.advance(Duration::from_secs(15));
+        assert_ne!(b.status_of("a"), Status::Away, "only one miss since the accept");
+        b.check();
+    }
+
+    #[test]
+    fn two_devices_both_ring_first_accept_wins_second_loses() {
+        let mut b = bed(Strategy::RingAll, &["a"], 0);
+        let phone = b.conns["a"][0];
+        let desk = b.connect("a");
+        b.take();
+        b.inbound("c1", N);
+        // One offer, addressed to the user: the shell fans it out to both devices.
+        let o = b.offer_to("a");
+        b.take();
+        b.input(crate::core::Input::Agent {
+            account: b.account.clone(),
+            conn: desk,
+            ref_: Some("r1".into()),
+            cmd: AgentCommand::OfferAccept { offer_id: o },
+        });
+        assert!(
+            b.user_msgs("a").iter().any(|m| matches!(m, AgentMessage::OfferWon { ref_: Some(r), .. } if &**r == "r1"))
+        );
+        b.take();
+        b.input(crate::core::Input::Agent {
+            account: b.account.clone(),
+            conn: phone,
+            ref_: None,
+            cmd: AgentCommand::OfferAccept { offer_id: o },
+        });
+        assert!(matches!(b.user_msgs("a")[..], [AgentMessage::OfferLost { .. }]));
+        assert_eq!(b.gateway_cmds().len(), 0, "no second bridge");
+        b.check();
+    }
+
+    #[test]
+    fn a_device_connecting_while_ringing_gets_the_offer() {
+        let mut b = bed(Strategy::RingAll, &["a"], 0);
+        b.inbound("c1", N);
+        let o = b.offer_to("a");
+        b.take();
+        b.advance(Duration::from_secs(5));
+        let desk = b.connect("a");
+        let msgs = b.conn_msgs(desk);
+        assert!(matches!(msgs[0], AgentMessage::Hello { status: Status::Ringing, .. }));
+        assert!(matches!(msgs[1], AgentMessage::Offer { offer_id, expires_in_ms: 10_000, .. } if offer_id == o));
+    }
+
+    #[test]
+    fn disconnect_while_ringing_moves_the_call_on_at_once() {
+        let mut b = bed(Strategy::RingInOrder, &["a", "b"], 1);
+        b.inbound("c1", N);
+        b.offer_to("a");
+        b.take();
+        let conn = b.conns["a"][0];
+        b.disconnect(conn);
+        assert_eq!(b.offered_users(), ["b"]);
+        assert_eq!(b.status_of("a"), Status::Offline);
+        // Reconnecting shows no stale offer, and the withdrawal was not a miss.
+        b.take();
+        let c = b.connect("a");
+        assert_eq!(b.conn_msgs(c).len(), 1, "hello only");
+        assert_eq!(b.status_of("a"), Status::Available);
+        b.check();
+    }
+
+    #[test]
+    fn one_of_two_devices_leaving_keeps_the_offer() {
+        let mut b = bed(Strategy::RingAll, &["a"], 0);
+        let desk = b.connect("a");
+        b.inbound("c1", N);
+        b.take();
+        b.disconnect(desk);
+        assert_eq!(b.status_of("a"), Status::Ringing);
+        assert!(b.offered_users().is_empty());
+        b.check();
+    }
+}

@@ -339,3 +339,262 @@ impl Account {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::core::history::Outcome;
+    use crate::core::settings::{Overflow, QueueSettings, RoutingSettings, Strategy};
+    use crate::core::testkit::Bed;
+    use crate::protocol::agent::AgentMessage;
+    use crate::protocol::gateway::{EndReason, GatewayCommand, HangupReason, OverflowReason};
+    use std::time::Duration;
+
+    const N: &str = "+15550100";
+
+    fn bed(queue: QueueSettings) -> Bed {
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        assert!(
+            b.number(N, &["a"], RoutingSettings { strategy: Strategy::RingAll, ..Default::default() }, queue)
+                .result
+                .is_ok()
+        );
+        b.take();
+        b
+    }
+
+    fn queued(b: &Bed) -> Vec<(String, u32)> {
+        b.gateway_cmds()
+            .into_iter()
+            .filter_map(|c| match c {
+                GatewayCommand::CallQueued { call_id, position, .. } => Some((call_id.to_string(), position)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn announced(b: &Bed) -> Vec<(String, u32)> {
+        b.gateway_cmds()
+            .into_iter()
+            .filter_map(|c| match c {
+                GatewayCommand::CallAnnounce { call_id, position, .. } => Some((call_id.to_string(), position)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn priority_first_then_arrival() {
+        let mut b = bed(QueueSettings::default());
+        b.inbound("low1", N);
+        b.inbound_prio("high", N, Some(7));
+        b.inbound("low2", N);
+        b.inbound_prio("mid", N, Some(3));
+        assert_eq!(queued(&b), [("low1".into(), 1), ("high".into(), 1), ("low2".into(), 3), ("mid".into(), 2)]);
+        let order: Vec<_> = b.engine.inspect().queue(&b.account, &N.into()).into_iter().map(|q| q.id).collect();
+        assert_eq!(order, ["high", "mid", "low1", "low2"]);
+        b.take();
+        b.connect("a");
+        assert_eq!(b.offers_to("a")[0].1, "high");
+        b.check();
+    }
+
+    #[test]
+    fn max_waiting_overflows_to_the_configured_place() {
+        for (overflow, expect) in [
+            (
+                Overflow::Voicemail,
+                GatewayCommand::CallVoicemail { call_id: "c3".into(), reason: OverflowReason::QueueFull },
+            ),
+            (Overflow::Hangup, GatewayCommand::CallHangup { call_id: "c3".into(), reason: HangupReason::QueueFull }),
+            (
+                Overflow::Forward("+15550199".into()),
+                GatewayCommand::CallForward {
+                    call_id: "c3".into(),
+                    to: "+15550199".into(),
+                    reason: OverflowReason::QueueFull,
+                },
+            ),
+        ] {
+            let mut b = bed(QueueSettings { max_waiting: 2, overflow: overflow.clone(), ..Default::default() });
+            b.inbound("c1", N);
+            b.inbound("c2", N);
+            b.take();
+            b.inbound("c3", N);
+            assert_eq!(b.gateway_cmds(), [expect], "{overflow}");
+            let rec = b.call_record("c3").unwrap();
+            assert!(!matches!(rec.outcome, Outcome::Missed | Outcome::Abandoned));
+            // The gateway's later call.ended is a no-op, not a second outcome.
+            b.take();
+            assert_eq!(b.ended("c3", EndReason::VoicemailDone).result, Ok(crate::core::Reply::Duplicate));
+            assert!(b.records().is_empty());
+            b.check();
+        }
+    }
+
+    #[test]
+    fn max_wait_sends_the_caller_to_voicemail() {
+        let mut b = bed(QueueSettings { max_wait: Duration::from_secs(60), ..Default::default() });
+        b.inbound("c1", N);
+        b.take();
+        b.advance(Duration::from_secs(59));
+        assert!(b.gateway_cmds().iter().all(|c| !matches!(c, GatewayCommand::CallVoicemail { .. })));
+        b.advance(Duration::from_secs(1));
+        assert!(
+            b.gateway_cmds()
+                .contains(&GatewayCommand::CallVoicemail { call_id: "c1".into(), reason: OverflowReason::MaxWait })
+        );
+        assert_eq!(b.call_record("c1").unwrap().outcome, Outcome::Voicemail { reason: OverflowReason::MaxWait });
+        b.check();
+    }
+
+    #[test]
+    fn without_a_queue_nobody_free_means_no_agents() {
+        let mut b = bed(QueueSettings { enabled: false, ..Default::default() });
+        b.inbound("c1", N);
+        assert_eq!(
+            b.gateway_cmds(),
+            [GatewayCommand::CallVoicemail { call_id: "c1".into(), reason: OverflowReason::NoAgents }]
+        );
+    }
+
+    #[test]
+    fn a_number_with_no_targets_still_queues_and_overflows() {
+        let mut b = Bed::new();
+        b.number(N, &[], RoutingSettings::default(), QueueSettings { max_waiting: 1, ..Default::default() });
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        assert_eq!(queued(&b).len(), 1);
+        assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. })));
+    }
+
+    #[test]
+    fn position_announcements_follow_departures_rate_limited() {
+        let q = QueueSettings {
+            announce_every: Duration::from_secs(30),
+            announce_min_gap: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let mut b = bed(q);
+        for c in ["c1", "c2", "c3"] {
+            b.inbound(c, N);
+        }
+        b.take();
+        b.ended("c1", EndReason::CallerHangup);
+        b.advance(Duration::from_millis(1));
+        assert!(announced(&b).is_empty(), "too soon after call.queued");
+        b.take();
+        b.advance(Duration::from_secs(5));
+        assert_eq!(announced(&b), [("c2".into(), 1), ("c3".into(), 2)]);
+        b.take();
+        // The position changes again right away: one announcement each,
+        // not before the minimum gap.
+        b.ended("c2", EndReason::CallerHangup);
+        b.advance(Duration::from_secs(1));
+        assert!(announced(&b).is_empty());
+        b.advance(Duration::from_secs(4));
+        assert_eq!(announced(&b), [("c3".into(), 1)]);
+        b.take();
+        // Nothing moves: the periodic announcement comes every 30s.
+        b.advance(Duration::from_secs(29));
+        assert!(announced(&b).is_empty());
+        b.advance(Duration::from_secs(1));
+        assert_eq!(announced(&b), [("c3".into(), 1)]);
+        b.check();
+    }
+
+    #[test]
+    fn no_announcements_when_switched_off() {
+        let mut b = bed(QueueSettings { announce_position: false, ..Default::default() });
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        b.take();
+        b.ended("c1", EndReason::CallerHangup);
+        b.advance(Duration::from_secs(120));
+        assert!(announced(&b).is_empty());
+    }
+
+    #[test]
+    fn announcements_never_delay_an_offer() {
+        let mut b = bed(QueueSettings { announce_min_gap: Duration::from_millis(1), ..Default::default() });
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        b.take();
+        b.connect("a");
+        // The offer and call.ringing come out of the connect itself; the
+        // re-announcement of c2 is a later, separate step.
+        assert_eq!(b.offered_users(), ["a"]);
+        assert!(announced(&b).is_empty());
+        b.advance(Duration::from_millis(1));
+        assert!(announced(&b).is_empty(), "c1 is ringing, c2 did not move");
+    }
+
+    #[test]
+    fn the_estimate_depends_on_position_and_staffing() {
+        let mut b = Bed::new();
+        b.agents(&["a", "b"]);
+        b.simple_number(N, &["a", "b"], Strategy::RingInOrder);
+        b.connect("a");
+        b.connect("b");
+        // Three calls of 60s each build the handle-time history.
+        for i in 0..3 {
+            let c = format!("h{i}");
+            b.inbound(&c, N);
+            let o = b.offers_to("a").last().unwrap().0;
+            b.accept("a", o);
+            b.answered(&c, "a");
+            b.advance(Duration::from_secs(60));
+            b.ended(&c, EndReason::AgentHangup);
+            b.take();
+        }
+        // Both agents busy; callers queue.
+        for c in ["x", "y"] {
+            b.inbound(c, N);
+            let who = b.offered_users()[0].clone();
+            let o = b.offer_to(&who);
+            b.accept(&who, o);
+            b.take();
+        }
+        b.inbound("w1", N);
+        b.inbound("w2", N);
+        let ewts: Vec<_> = b
+            .gateway_cmds()
+            .into_iter()
+            .filter_map(|c| match c {
+                GatewayCommand::CallQueued { ewt_ms, ewt_known, position, .. } => Some((position, ewt_ms, ewt_known)),
+                _ => None,
+            })
+            .collect();
+        // AHT 60s, 2 staffed agents: position p waits p * 30s.
+        assert_eq!(ewts, [(1, 30_000, true), (2, 60_000, true)]);
+    }
+
+    #[test]
+    fn no_estimate_without_history() {
+        let mut b = bed(QueueSettings::default());
+        b.connect("a");
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        assert!(
+            b.gateway_cmds()
+                .iter()
+                .any(|c| matches!(c, GatewayCommand::CallQueued { ewt_known: false, ewt_ms: 0, .. }))
+        );
+    }
+
+    #[test]
+    fn caller_hangup_records_abandoned_or_missed_and_tells_assigned_users() {
+        let mut b = bed(QueueSettings::default());
+        b.connect("a");
+        b.inbound("rung", N);
+        b.inbound("never", N);
+        b.take();
+        b.ended("never", EndReason::CallerHangup);
+        assert_eq!(b.call_record("never").unwrap().outcome, Outcome::Abandoned);
+        b.ended("rung", EndReason::CallerHangup);
+        assert_eq!(b.call_record("rung").unwrap().outcome, Outcome::Missed);
+        let missed = b.user_msgs("a").into_iter().filter(|m| matches!(m, AgentMessage::MissedCall { .. })).count();
+        assert_eq!(missed, 2);
+        b.check();
+    }
+}

@@ -32,6 +32,10 @@ impl Account {
             self.send_conn(conn, msg);
         }
         self.subs.insert(conn, numbers);
+        // The snapshot counts as this interval's message.
+        if self.stats_timer.is_none() {
+            self.last_stats_flush = Some(self.now);
+        }
         Ok(())
     }
 
