@@ -23,6 +23,16 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// First character of every engine-issued id.
+pub const ENGINE_ID_PREFIX: char = '~';
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum IdKind {
+    Call,
+    Callback,
+    Message,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Counters {
     pub(crate) seq: u64,
@@ -148,11 +158,30 @@ impl Account {
         Seq(self.counters.seq)
     }
 
-    /// Engine-issued call ids carry the account so they are unique across
-    /// every shard and can be routed back here.
-    pub(crate) fn new_call_id(&mut self, prefix: &str) -> CallId {
-        self.counters.call += 1;
-        CallId::from(format!("{}.{}{}", self.id, prefix, self.counters.call))
+    /// Engine-issued ids: `~<account>.<kind><n>`, one counter per kind.
+    /// They carry the account so they are unique across shards, and the
+    /// leading `~` is reserved (refused in gateway-issued ids), so they can
+    /// never collide with a gateway's own call or message ids.
+    pub(crate) fn issue_id(&mut self, kind: IdKind) -> String {
+        let (tag, n) = match kind {
+            IdKind::Call => {
+                self.counters.call += 1;
+                ("call", self.counters.call)
+            }
+            IdKind::Callback => {
+                self.counters.callback += 1;
+                ("cb", self.counters.callback)
+            }
+            IdKind::Message => {
+                self.counters.message += 1;
+                ("msg", self.counters.message)
+            }
+        };
+        format!("{ENGINE_ID_PREFIX}{}.{tag}{n}", self.id)
+    }
+
+    pub(crate) fn new_call_id(&mut self) -> CallId {
+        CallId::from(self.issue_id(IdKind::Call))
     }
 
     // ---- emitting ------------------------------------------------------

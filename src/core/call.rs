@@ -309,7 +309,7 @@ impl Account {
         }
         self.end_pending_offer(u, OfferEnd::Withdrawn);
         self.end_wrap_up(u);
-        let call_id = self.new_call_id("d");
+        let call_id = self.new_call_id();
         let now = self.now;
         self.calls.insert(
             call_id.clone(),

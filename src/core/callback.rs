@@ -46,8 +46,7 @@ impl Account {
         for o in offers {
             self.end_offer(o, super::offer::OfferEnd::Revoked(RevokeReason::Reassigned));
         }
-        self.counters.callback += 1;
-        let callback_id = CallbackId::from(format!("{}.cb{}", self.id, self.counters.callback));
+        let callback_id = CallbackId::from(self.issue_id(super::account::IdKind::Callback));
         let now = self.now;
         let (key, from, rung, priority, arrived_at) = {
             let Some(e) = self.entries.get_mut(&seq) else {

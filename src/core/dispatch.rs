@@ -122,6 +122,8 @@ impl Account {
     /// Rings `users` for the entry and tells the gateway who is ringing.
     fn offer_and_announce(&mut self, seq: Seq, users: &[UserIx]) {
         for &u in users {
+            #[cfg(debug_assertions)]
+            self.assert_oldest_first(seq, u);
             self.offer_one(seq, u);
         }
         let Some(e) = self.entries.get(&seq) else {
@@ -133,6 +135,30 @@ impl Account {
             self.send_gateway(GatewayCommand::CallRinging { call_id, agents });
         }
         self.mark_stats(n);
+    }
+}
+
+impl Account {
+    /// Queue order at decision time: when `u` is offered `seq`, nothing
+    /// ahead of it on any of `u`'s numbers is offerable to `u` (ready and
+    /// not already turned down by `u` this cycle). Debug builds only; the
+    /// simulation runs it on every offer.
+    #[cfg(debug_assertions)]
+    fn assert_oldest_first(&self, seq: Seq, u: UserIx) {
+        let key = self.entries[&seq].key();
+        for &(n, _) in &self.user(u).serves {
+            for k in self.number(n).ready.range(..key) {
+                let e = &self.entries[&k.seq];
+                assert!(
+                    e.tried.contains(&u),
+                    "queue order: {} offered {:?} while {:?} (ahead, on {}) was offerable",
+                    self.user(u).id,
+                    seq,
+                    k.seq,
+                    self.number(n).id
+                );
+            }
+        }
     }
 }
 

@@ -96,8 +96,7 @@ impl Account {
             return Err(CoreError::bad_request(format!("to {to:?} is not an E.164 number")));
         }
         check_body(&body)?;
-        self.counters.message += 1;
-        let message_id = MessageId::from(format!("{}.m{}", self.id, self.counters.message));
+        let message_id = MessageId::from(self.issue_id(super::account::IdKind::Message));
         let now = self.now;
         // Text sent by an outbound-only user stays between it and the managers.
         let restricted = !self.is_assigned(u, n);

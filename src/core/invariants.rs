@@ -39,12 +39,9 @@ impl Account {
             for o in &e.offers {
                 ensure!(self.offers.get(o).is_some_and(|x| x.entry == e.seq), "entry lists a foreign offer {o}");
             }
-            let strategy = self.number(e.number).routing.strategy;
-            ensure!(
-                strategy == Strategy::RingAll || e.offers.len() <= 1,
-                "{} offers out for one entry under {strategy:?}",
-                e.offers.len()
-            );
+            // Several offers for one entry happen under ring_all, and after
+            // a switch away from it: calls already ringing keep ringing (a
+            // change applies to the next decision).
             if let Phase::Connecting { agent, dial } = &e.phase {
                 ensure!(e.offers.is_empty(), "connecting entry still has offers");
                 ensure!(reserved.insert(*agent), "user {} connected to two calls", self.user(*agent).id);

@@ -496,9 +496,16 @@ impl Account {
 /// Longest id accepted from a client.
 pub const MAX_ID_BYTES: usize = 128;
 
+/// Checks an id a gateway chose for a new call or message.
 fn check_id(id: &str, what: &str) -> Result<(), CoreError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(CoreError::bad_request(format!("{what} must be 1 to {MAX_ID_BYTES} bytes")));
+    }
+    if id.starts_with(account::ENGINE_ID_PREFIX) {
+        return Err(CoreError::bad_request(format!(
+            "{what} may not start with '{}': reserved for engine-issued ids",
+            account::ENGINE_ID_PREFIX
+        )));
     }
     Ok(())
 }

@@ -176,7 +176,7 @@ impl Account {
                 self.send_gateway(GatewayCommand::CallBridge { call_id, agent });
             }
             EntryKind::Callback { callback_id, phone, .. } => {
-                let dial = self.new_call_id("cb");
+                let dial = self.new_call_id();
                 if let Some(e) = self.entries.get_mut(&seq) {
                     e.phase = Phase::Connecting { agent: u, dial: Some(dial.clone()) };
                 }
