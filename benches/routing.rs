@@ -1,1 +1,177 @@
-fn main() {}
+//! Routing-core benchmarks. Run with `cargo bench --bench routing`.
+//!
+//! - `inbound/<strategy>/<pool>`: one routing decision: a `call.inbound`
+//!   on a number whose `pool` targets are all idle and eligible, until the
+//!   offer is out. The caller then hangs up (untimed) so the next iteration
+//!   sees the same pool.
+//! - `agent_available/10000_waiting`: an agent comes back to a queue of
+//!   10,000 waiting callers and is offered the oldest.
+//! - `lifecycle/round_robin/1000`: a whole call: inbound, offer, accept,
+//!   answered, ended, wrap-up over.
+
+#![allow(clippy::disallowed_methods)] // benchmarks time themselves
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use ringline::core::settings::{QueueSettings, RoutingSettings, Strategy};
+use ringline::core::testkit::Bed;
+use ringline::core::{Input, Output};
+use ringline::protocol::agent::{AgentCommand, AgentMessage, WantedStatus};
+use ringline::protocol::gateway::{EndReason, GatewayEvent};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const N: &str = "+15550100";
+
+/// A number with `pool` connected, available agents under `strategy`.
+fn bed(strategy: Strategy, pool: usize, queue: QueueSettings) -> Bed {
+    let mut b = Bed::new();
+    let names: Vec<String> = (0..pool).map(|i| format!("agent{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.agents(&refs);
+    let routing = RoutingSettings { strategy, wrap_up: Duration::from_secs(5), ..Default::default() };
+    assert!(b.number(N, &refs, routing, queue).result.is_ok());
+    for n in &refs {
+        b.connect(n);
+    }
+    b.take();
+    b
+}
+
+fn inbound(id: &str) -> GatewayEvent {
+    GatewayEvent::CallInbound { call_id: id.into(), to: N.into(), from: "+15551230001".into(), priority: None }
+}
+
+fn handle(b: &mut Bed, input: Input) {
+    let h = b.engine.handle(b.now, input);
+    debug_assert!(h.result.is_ok(), "{h:?}");
+    b.engine.drain_outputs().for_each(drop);
+}
+
+fn routing_decision(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inbound");
+    for strategy in Strategy::ALL {
+        for pool in [10usize, 1_000, 100_000] {
+            if strategy == Strategy::RingAll && pool == 100_000 {
+                // One decision rings 100,000 phones: slow by nature.
+                group.sample_size(10).measurement_time(Duration::from_secs(20));
+            } else {
+                group.sample_size(100).measurement_time(Duration::from_secs(5));
+            }
+            let mut b = bed(strategy, pool, QueueSettings::default());
+            let account = b.account.clone();
+            let mut n = 0u64;
+            group.bench_function(BenchmarkId::new(strategy.as_str(), pool), |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        n += 1;
+                        let id = format!("c{n}");
+                        let input = Input::Gateway { account: account.clone(), event: inbound(&id) };
+                        let start = Instant::now();
+                        let h = b.engine.handle(b.now, input);
+                        total += start.elapsed();
+                        black_box(&h);
+                        b.engine.drain_outputs().for_each(drop);
+                        let end =
+                            GatewayEvent::CallEnded { call_id: id.as_str().into(), reason: EndReason::CallerHangup };
+                        handle(&mut b, Input::Gateway { account: account.clone(), event: end });
+                        // Keep the dedupe window from growing across samples.
+                        if n.is_multiple_of(10_000) {
+                            b.now = b.now + Duration::from_secs(3600);
+                            handle(&mut b, Input::Tick);
+                        }
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn agent_becomes_available(c: &mut Criterion) {
+    let mut group = c.benchmark_group("agent_available");
+    let queue = QueueSettings { max_waiting: 100_000, max_wait: Duration::from_secs(24 * 3600), ..Default::default() };
+    let mut b = bed(Strategy::LongestIdle, 1, queue);
+    let account = b.account.clone();
+    let agent = b.conns["agent0"][0];
+    let status = |status| Input::Agent {
+        account: account.clone(),
+        conn: agent,
+        ref_: None,
+        cmd: AgentCommand::StatusSet { status, reason: None },
+    };
+    handle(&mut b, status(WantedStatus::Away));
+    for i in 0..10_000 {
+        handle(&mut b, Input::Gateway { account: account.clone(), event: inbound(&format!("w{i}")) });
+    }
+    group.bench_function("10000_waiting", |bench| {
+        bench.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let input = status(WantedStatus::Available);
+                let start = Instant::now();
+                let h = b.engine.handle(b.now, input);
+                total += start.elapsed();
+                black_box(&h);
+                let offered =
+                    b.engine.drain_outputs().any(|o| matches!(o, Output::User { msg: AgentMessage::Offer { .. }, .. }));
+                assert!(offered);
+                // Going away while rung puts the call back at the head.
+                handle(&mut b, status(WantedStatus::Away));
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn full_lifecycle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    let mut b = bed(Strategy::RoundRobin, 1_000, QueueSettings::default());
+    let account = b.account.clone();
+    let mut n = 0u64;
+    group.bench_function("round_robin/1000", |bench| {
+        bench.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let id = format!("c{n}");
+                let start = Instant::now();
+                let h = b.engine.handle(b.now, Input::Gateway { account: account.clone(), event: inbound(&id) });
+                let offer = b.engine.drain_outputs().find_map(|o| match o {
+                    Output::User { user, msg: AgentMessage::Offer { offer_id, .. }, .. } => Some((user, offer_id)),
+                    _ => None,
+                });
+                let Some((user, offer_id)) = offer else { panic!("no offer: {h:?}") };
+                let conn = b.conns[user.as_str()][0];
+                b.engine.handle(
+                    b.now,
+                    Input::Agent {
+                        account: account.clone(),
+                        conn,
+                        ref_: None,
+                        cmd: AgentCommand::OfferAccept { offer_id },
+                    },
+                );
+                b.engine.drain_outputs().for_each(drop);
+                let answered = GatewayEvent::CallAnswered { call_id: id.as_str().into(), agent: user.clone() };
+                b.engine.handle(b.now, Input::Gateway { account: account.clone(), event: answered });
+                b.engine.drain_outputs().for_each(drop);
+                b.now = b.now + Duration::from_secs(60);
+                let ended = GatewayEvent::CallEnded { call_id: id.as_str().into(), reason: EndReason::AgentHangup };
+                b.engine.handle(b.now, Input::Gateway { account: account.clone(), event: ended });
+                b.engine.drain_outputs().for_each(drop);
+                b.now = b.now + Duration::from_secs(5);
+                b.engine.handle(b.now, Input::Tick);
+                b.engine.drain_outputs().for_each(drop);
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing_decision, agent_becomes_available, full_lifecycle);
+criterion_main!(benches);

@@ -39,6 +39,13 @@ impl Account {
         self.sweep_at(n, at);
     }
 
+    /// A caller's next periodic announcement is due at `at`.
+    pub(crate) fn announce_due(&mut self, n: NumberIx, at: Instant) {
+        if self.number(n).queue_cfg.announce_position {
+            self.sweep_at(n, at);
+        }
+    }
+
     /// Arms the number's sweep for `at`, unless one is armed sooner.
     fn sweep_at(&mut self, n: NumberIx, at: Instant) {
         if let Some(t) = self.number(n).announce_timer {

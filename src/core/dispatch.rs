@@ -18,6 +18,19 @@ use super::settings::Strategy;
 use super::{Seq, UserIx};
 use crate::protocol::gateway::GatewayCommand;
 
+/// Whom a routing decision rings.
+enum Choice {
+    None,
+    One(UserIx),
+    Many(Vec<UserIx>),
+}
+
+impl Choice {
+    fn is_none(&self) -> bool {
+        matches!(self, Choice::None)
+    }
+}
+
 impl Account {
     pub(crate) fn settle(&mut self) {
         loop {
@@ -84,38 +97,42 @@ impl Account {
             return false;
         }
         let mut chosen = self.choose(seq);
-        if chosen.is_empty() && e.offers.is_empty() && !self.number(n).pool.is_empty() {
+        if chosen.is_none() && e.offers.is_empty() && !self.number(n).pool.is_empty() {
             // Every eligible target has had its turn: start a new cycle.
             if let Some(e) = self.entries.get_mut(&seq) {
                 e.tried.clear();
             }
             chosen = self.choose(seq);
         }
-        if chosen.is_empty() {
-            if self.entries.get(&seq).is_some_and(|e| e.offers.is_empty()) {
-                self.must_wait(seq);
+        match chosen {
+            Choice::One(u) => self.offer_and_announce(seq, &[u]),
+            Choice::Many(users) => self.offer_and_announce(seq, &users),
+            Choice::None => {
+                if self.entries.get(&seq).is_some_and(|e| e.offers.is_empty()) {
+                    self.must_wait(seq);
+                }
+                return false;
             }
-            return false;
         }
-        self.offer_and_announce(seq, &chosen);
         true
     }
 
     /// The targets to ring for this entry now, by strategy, among the
     /// number's idle pool minus those that tried it this cycle.
-    fn choose(&self, seq: Seq) -> Vec<UserIx> {
+    fn choose(&self, seq: Seq) -> Choice {
         let e = &self.entries[&seq];
         let number = self.number(e.number);
         let skip = |pos: u32| e.tried.contains(&number.targets[pos as usize]);
         match number.routing.strategy {
             Strategy::RingAll => {
-                number.pool.positions().filter(|&p| !skip(p)).map(|p| number.targets[p as usize]).collect()
+                let all: Vec<UserIx> =
+                    number.pool.positions().filter(|&p| !skip(p)).map(|p| number.targets[p as usize]).collect();
+                if all.is_empty() { Choice::None } else { Choice::Many(all) }
             }
-            s => number
-                .pool
-                .select(s, number.rr_last, skip)
-                .map(|p| vec![number.targets[p as usize]])
-                .unwrap_or_default(),
+            s => match number.pool.select(s, number.rr_last, skip) {
+                Some(p) => Choice::One(number.targets[p as usize]),
+                None => Choice::None,
+            },
         }
     }
 

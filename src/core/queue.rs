@@ -114,6 +114,8 @@ impl Account {
         self.entry_by_call.insert(call_id.clone(), seq);
         self.bind(RouteKey::Call(call_id));
         self.enqueue(key);
+        // Routed right here, so it need not wait in the dirty set.
+        self.dirty.remove(&key);
         self.route_entry(seq);
     }
 
@@ -127,6 +129,8 @@ impl Account {
         let ready = e.phase == Phase::Queued;
         let number = self.number_mut(n);
         number.queue.insert(key);
+        // Joining at the tail moves nobody.
+        let moved_others = number.queue.last() != Some(&key);
         if caller {
             number.callers.insert(key.seq);
         }
@@ -134,7 +138,11 @@ impl Account {
             number.ready.insert(key);
             self.dirty.insert(key);
         }
-        self.positions_changed(n);
+        if moved_others {
+            self.positions_changed(n);
+        } else {
+            self.mark_stats(n);
+        }
     }
 
     /// Takes an entry out of its number's queue (it keeps existing).
@@ -144,11 +152,17 @@ impl Account {
         };
         let (key, n) = (e.key(), e.number);
         let number = self.number_mut(n);
+        // Leaving from the tail moves nobody.
+        let moved_others = number.queue.last().is_some_and(|last| *last != key);
         number.queue.remove(&key);
         number.ready.remove(&key);
         number.callers.remove(&seq);
         self.dirty.remove(&key);
-        self.positions_changed(n);
+        if moved_others {
+            self.positions_changed(n);
+        } else {
+            self.mark_stats(n);
+        }
     }
 
     /// Deletes an entry for good: out of the queue, timers cancelled, offers
@@ -225,6 +239,7 @@ impl Account {
             let call_id = call_id.clone();
             self.send_gateway(GatewayCommand::CallQueued { call_id, position, ewt_ms, ewt_known });
         }
+        self.announce_due(n, now + self.number(n).queue_cfg.announce_every);
         self.mark_stats(n);
     }
 
@@ -501,6 +516,20 @@ mod tests {
         b.advance(Duration::from_secs(1));
         assert_eq!(announced(&b), [("c3".into(), 1)]);
         b.check();
+    }
+
+    #[test]
+    fn a_lone_caller_hears_periodic_announcements() {
+        let mut b = bed(QueueSettings { announce_every: Duration::from_secs(30), ..Default::default() });
+        b.inbound("c1", N);
+        b.take();
+        b.advance(Duration::from_secs(29));
+        assert!(announced(&b).is_empty());
+        b.advance(Duration::from_secs(1));
+        assert_eq!(announced(&b), [("c1".into(), 1)]);
+        b.take();
+        b.advance(Duration::from_secs(30));
+        assert_eq!(announced(&b), [("c1".into(), 1)]);
     }
 
     #[test]
