@@ -40,6 +40,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const ACME: &str = "acme";
+
+/// (account, number, strategy, assigned, routing targets, callbacks on)
+type NumberPlan<'a> = (&'a str, &'a str, Strategy, &'a [&'a str], Option<&'a [&'a str]>, bool);
 const GLOBEX: &str = "globex";
 
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +155,7 @@ impl World {
             ));
             self.users.push((acc(GLOBEX), u.into()));
         }
-        let numbers: [(&str, &str, Strategy, &[&str], Option<&[&str]>, bool); 5] = [
+        let numbers: [NumberPlan; 5] = [
             (ACME, "+15550100", Strategy::RingAll, &["a1", "a2", "a3", "sup"], None, true),
             (ACME, "+15550101", Strategy::RingInOrder, &["a2", "a3", "a4"], Some(&["t1", "a2", "a3", "a4"]), false),
             (ACME, "+15550102", Strategy::RoundRobin, &["a4", "a5", "a6", "a1"], None, true),
@@ -910,7 +913,7 @@ fn round_robin_counts_stay_within_one() {
     let a: AccountId = "acme".into();
     let feed = |e: &mut Engine, now: Instant, input: Input| -> Vec<Output> {
         let h = e.handle(now, input);
-        assert!(h.result.is_ok() || matches!(h.result, Err(_)), "seed {seed}");
+        assert!(h.result.is_ok(), "seed {seed}: {h:?}");
         let out: Vec<_> = e.drain_outputs().collect();
         if let Err(err) = e.check_invariants() {
             panic!("seed {seed}: {err}");
