@@ -1,0 +1,176 @@
+//! Connection setup and schema migrations.
+//!
+//! The schema version lives in `PRAGMA user_version`. `MIGRATIONS[i]` takes
+//! the file from version `i` to `i + 1`; each runs in its own transaction
+//! together with the version bump, so a crash mid-migration leaves the old
+//! version intact. Append new migrations; never edit a released one.
+
+use super::error::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+const V1: &str = "
+CREATE TABLE journal (
+    seq     INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    account TEXT    NOT NULL,
+    crc     INTEGER NOT NULL,
+    input   BLOB    NOT NULL
+);
+
+CREATE TABLE snapshots (
+    generation  INTEGER NOT NULL,
+    shard       INTEGER NOT NULL,
+    covered_seq INTEGER NOT NULL,
+    crc         INTEGER NOT NULL,
+    data        BLOB    NOT NULL,
+    PRIMARY KEY (generation, shard)
+) WITHOUT ROWID;
+
+-- History rows are keyed by (account, id) rather than id alone so that a
+-- gateway reusing an id in another account can never overwrite that
+-- account's row.
+CREATE TABLE calls (
+    account        TEXT    NOT NULL,
+    id             TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    number         TEXT    NOT NULL,
+    from_phone     TEXT    NOT NULL,
+    to_phone       TEXT    NOT NULL,
+    priority       INTEGER NOT NULL,
+    rung           TEXT    NOT NULL, -- JSON array of user ids, in offer order
+    answered_by    TEXT,
+    placed_by      TEXT,
+    outcome        TEXT    NOT NULL, -- Outcome::name(), for filtering
+    outcome_detail TEXT    NOT NULL, -- the whole Outcome as JSON
+    origin_call    TEXT,
+    dial_call      TEXT,
+    attempts       INTEGER NOT NULL,
+    started_at     INTEGER NOT NULL,
+    answered_at    INTEGER,
+    ended_at       INTEGER NOT NULL,
+    wait_ms        INTEGER NOT NULL,
+    talk_ms        INTEGER NOT NULL,
+    restricted     INTEGER NOT NULL,
+    PRIMARY KEY (account, id)
+) WITHOUT ROWID;
+CREATE INDEX calls_by_time ON calls (account, ended_at, id);
+CREATE INDEX calls_by_number ON calls (account, number, ended_at, id);
+
+-- Who was involved in a call, so 'the viewer was involved' is an index
+-- probe instead of a scan of the rung JSON.
+CREATE TABLE call_users (
+    account TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    user    TEXT NOT NULL,
+    role    TEXT NOT NULL, -- rung | answered | placed
+    PRIMARY KEY (account, call_id, user, role)
+) WITHOUT ROWID;
+CREATE INDEX call_users_by_user ON call_users (account, user, call_id);
+
+CREATE TABLE messages (
+    account    TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    number     TEXT    NOT NULL,
+    direction  TEXT    NOT NULL,
+    from_phone TEXT    NOT NULL,
+    to_phone   TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    at         INTEGER NOT NULL,
+    sent_by    TEXT,
+    restricted INTEGER NOT NULL,
+    status     TEXT,
+    status_at  INTEGER,
+    PRIMARY KEY (account, id)
+) WITHOUT ROWID;
+CREATE INDEX messages_by_number ON messages (account, number, at, id);
+
+CREATE TABLE voicemails (
+    account     TEXT    NOT NULL,
+    call_id     TEXT    NOT NULL,
+    number      TEXT    NOT NULL,
+    from_phone  TEXT    NOT NULL,
+    url         TEXT    NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    restricted  INTEGER NOT NULL,
+    PRIMARY KEY (account, call_id)
+) WITHOUT ROWID;
+CREATE INDEX voicemails_by_time ON voicemails (account, at, call_id);
+CREATE INDEX voicemails_by_number ON voicemails (account, number, at, call_id);
+";
+
+const MIGRATIONS: &[&str] = &[V1];
+
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating if needed) the connection the writer thread owns.
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+    }
+    // FULL makes every commit fsync the WAL: an acked event survives power
+    // loss, which is the whole point of acking after the commit.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Caps the WAL file after checkpoints so a burst does not leave a
+    // gigabyte-sized -wal file behind forever.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.pragma_update(None, "cache_size", -32 * 1024)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Opens a connection that only reads (history queries, replay).
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Read-write open (so it can attach to the WAL index like any client)
+    // but refusing writes, so a query bug can never race the writer.
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Brings the file up to [`SCHEMA_VERSION`].
+pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (to, sql) in (1u32..).zip(MIGRATIONS).skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", to)?;
+        tx.commit()?;
+        tracing::info!(version = to, "store schema migrated");
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = open_writer(&path).unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 0);
+        assert_eq!(migrate(&mut conn).unwrap(), SCHEMA_VERSION);
+        let v: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous must be FULL");
+
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::SchemaTooNew { .. })));
+    }
+}
