@@ -189,6 +189,9 @@ impl Default for ServerSettings {
 impl ServerSettings {
     /// The window `abuse_errors_before_close` counts errors in.
     pub const ABUSE_WINDOW: Duration = Duration::from_secs(60);
+    /// Room in a connection's queue for messages it did not ask for
+    /// (offers, status, inbox) on top of replies to a full burst.
+    pub const QUEUE_HEADROOM: usize = 32;
     pub const MIN_FRAME_BYTES: usize = 1024;
     pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     pub const MAX_OUTBOUND_QUEUE: usize = 65_536;
@@ -212,6 +215,16 @@ impl ServerSettings {
         }
         if self.rate_limit_burst == 0 {
             return Err("server.rate_limit_burst must be at least 1".into());
+        }
+        // A client may send a whole burst at once; the replies must fit in
+        // its queue, or a well-behaved client would be cut off as slow.
+        if self.outbound_queue < self.rate_limit_burst as usize + Self::QUEUE_HEADROOM {
+            return Err(format!(
+                "server.outbound_queue ({}) must be at least server.rate_limit_burst ({}) + {}",
+                self.outbound_queue,
+                self.rate_limit_burst,
+                Self::QUEUE_HEADROOM
+            ));
         }
         if self.ping_interval < Self::MIN_PING_INTERVAL {
             return Err("server.ping_interval must be at least 100ms".into());
@@ -1395,5 +1408,15 @@ assigned = ["gina"]
         );
         assert_error(&text, 25, &["loop", "+15550100 -> +15550200 -> +15550100"]);
         parse_ok(&edit(BASE, r#""voicemail""#, r#""forward:+15550200""#));
+    }
+
+    #[test]
+    fn the_outbound_queue_must_hold_a_full_burst() {
+        let text = "[server]\noutbound_queue = 64\nrate_limit_burst = 100\n";
+        let err = parse(text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("server.outbound_queue (64) must be at least server.rate_limit_burst (100) + 32"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,157 @@
+//! `GET /v1/agent`: one softphone connection of one user.
+
+use super::conn::{AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, close, write_loop};
+use super::directory::{AuthError, Identity};
+use super::shard::Origin;
+use super::wire::{Encoding, WireError, decode_agent};
+use super::{App, http::Credentials};
+use crate::clock::Clock;
+use crate::core::Input;
+use crate::core::ids::{AccountId, ConnId, UserId};
+use crate::protocol::agent::AgentMessage;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tracing::Instrument;
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    Query(creds): Query<Credentials>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let encoding = match creds.encoding() {
+        Ok(e) => e,
+        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+    };
+    let (account, user) = match app.dir.authenticate(creds.token(&headers).unwrap_or_default()) {
+        Ok(Identity::User { account, user, .. }) => (account, user),
+        Ok(Identity::Gateway { .. }) => {
+            return (StatusCode::FORBIDDEN, "gateway tokens connect to /v1/gateway").into_response();
+        }
+        Err(AuthError::Unknown) => return (StatusCode::UNAUTHORIZED, "missing or unknown token").into_response(),
+        Err(AuthError::NotActive(l)) => {
+            return (StatusCode::FORBIDDEN, format!("user is {}", l.as_str())).into_response();
+        }
+    };
+    if !app.ready.load(std::sync::atomic::Ordering::Acquire) || *app.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| {
+        let span = tracing::info_span!("agent", %account, %user);
+        run(app, socket, account, user, encoding).instrument(span)
+    })
+}
+
+async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId, encoding: Encoding) {
+    let Some(shard) = app.shard_for(&account).cloned() else { return };
+    let id = app.next_conn_id();
+    let cfg = &app.config.server;
+    let (handle, rx) = ConnHandle::new(
+        id,
+        ConnKind::Agent { account: account.clone(), user: user.clone() },
+        encoding,
+        cfg.outbound_queue,
+    );
+    app.dir.conns.insert(id, handle.clone());
+    app.dir.user_conns.entry((account.clone(), user.clone())).or_default().push(id);
+    metrics::gauge!("ringline_connections", "kind" => "agent").increment(1.0);
+    tracing::debug!(conn = id.0, "connected");
+
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, rx, encoding, app.journal.clone(), cfg.ping_interval, app.clock));
+    let connected = shard.call(&app, Input::Connect { account: account.clone(), user: user.clone(), conn: id }).await;
+    if let Err(e) = connected {
+        handle.send(Outbound::Agent {
+            msg: Arc::new(AgentMessage::Error { ref_: None, code: e.code, message: e.message }),
+            born: None,
+        });
+        handle.close(close::DEACTIVATED, "not allowed to connect");
+    }
+
+    let mut limit = RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst, Clock::tokio_now());
+    let mut abuse = AbuseMeter::new(cfg.abuse_errors_before_close, crate::config::ServerSettings::ABUSE_WINDOW);
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(cfg.idle_timeout, stream.next()) => {
+                let msg = match frame {
+                    Err(_) => {
+                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the client");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        if let Some((code, reason)) = super::conn::read_failure(e) {
+                            handle.close(code, reason);
+                        }
+                        break;
+                    }
+                    Ok(Some(Ok(m))) => m,
+                };
+                let (bytes, enc) = match &msg {
+                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
+                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let now = Clock::tokio_now();
+                let bad = if bytes.len() > cfg.max_frame_bytes {
+                    Some(WireError {
+                        code: crate::protocol::ErrorCode::BadRequest,
+                        message: format!("frame of {} bytes exceeds the limit of {}", bytes.len(), cfg.max_frame_bytes),
+                        ref_: None,
+                        seq: None,
+                    })
+                } else if !limit.allow(now) {
+                    Some(WireError { code: crate::protocol::ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
+                } else {
+                    match decode_agent(bytes, enc) {
+                        Ok((ref_, cmd)) => {
+                            shard.input(Input::Agent { account: account.clone(), conn: id, ref_: ref_.clone(), cmd }, Origin::Agent { conn: id, ref_ });
+                            None
+                        }
+                        Err(e) => Some(e),
+                    }
+                };
+                if let Some(e) = bad {
+                    let msg = AgentMessage::Error { ref_: e.ref_, code: e.code, message: e.message };
+                    handle.send(Outbound::Agent { msg: Arc::new(msg), born: None });
+                    if abuse.hit(now) {
+                        handle.close(close::POLICY, "too many bad or excess messages");
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {
+                handle.close(close::GOING_AWAY, "server shutting down");
+                break;
+            }
+            _ = &mut writer => break,
+        }
+    }
+    if !writer.is_finished() {
+        handle.close(close::GOING_AWAY, "closing");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
+        writer.abort();
+    }
+    forget(&app, &account, &user, id);
+    shard.input(Input::Disconnect { account, conn: id }, Origin::None);
+    metrics::gauge!("ringline_connections", "kind" => "agent").decrement(1.0);
+    tracing::debug!(conn = id.0, "disconnected");
+}
+
+fn forget(app: &App, account: &AccountId, user: &UserId, id: ConnId) {
+    app.dir.conns.remove(&id);
+    let key = (account.clone(), user.clone());
+    let empty = app.dir.user_conns.get_mut(&key).map(|mut v| {
+        v.retain(|&c| c != id);
+        v.is_empty()
+    });
+    if empty == Some(true) {
+        app.dir.user_conns.remove_if(&key, |_, v| v.is_empty());
+    }
+}

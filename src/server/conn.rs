@@ -1,0 +1,277 @@
+//! What every WebSocket connection has: a bounded outbound queue drained by
+//! a writer task, a way to close it from elsewhere, keep-alive, and a rate
+//! limit on what it sends us.
+//!
+//! Back-pressure: the queue holds `server.outbound_queue` messages. A client
+//! that stops reading fills it; the next message that does not fit closes
+//! the connection (1008, "too slow") instead of growing memory, and closing
+//! revokes its offers like any disconnect.
+//!
+//! Durability: a message for a gateway carries `after`, the journal position
+//! of the input that produced it; the writer waits until the journal is
+//! durable that far before writing it. Acks and commands therefore never
+//! reach a gateway ahead of the state they describe.
+
+use super::wire::Encoding;
+use crate::clock::Clock;
+use crate::core::ids::{AccountId, ConnId, GatewayName, UserId};
+use crate::protocol::agent::AgentMessage;
+use crate::protocol::gateway::GatewayCommand;
+use crate::store::JournalHandle;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug)]
+pub enum Outbound {
+    Agent { msg: Arc<AgentMessage>, born: Option<tokio::time::Instant> },
+    Gateway { cmd: Box<GatewayCommand>, after: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    Agent { account: AccountId, user: UserId },
+    Gateway { name: GatewayName },
+}
+
+/// A close requested from outside the connection's own tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// WebSocket close codes we use.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const DEACTIVATED: u16 = 4003;
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub kind: ConnKind,
+    pub encoding: Encoding,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<watch::Sender<Option<CloseRequest>>>,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, kind: ConnKind, encoding: Encoding, queue: usize) -> (ConnHandle, ConnRx) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (kill, kill_rx) = watch::channel(None);
+        (ConnHandle { id, kind, encoding, tx, kill: Arc::new(kill) }, ConnRx { rx, kill: kill_rx })
+    }
+
+    /// Queues a message; a full queue closes the connection. Returns
+    /// whether the message was queued.
+    pub fn send(&self, out: Outbound) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("ringline_slow_clients_total").increment(1);
+                self.close(close::POLICY, "too slow: outbound queue full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn close(&self, code: u16, reason: &str) {
+        self.kill.send_if_modified(|k| {
+            if k.is_none() {
+                *k = Some(CloseRequest { code, reason: reason.to_owned() });
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.kill.borrow().is_some()
+    }
+}
+
+#[derive(Debug)]
+pub struct ConnRx {
+    rx: mpsc::Receiver<Outbound>,
+    kill: watch::Receiver<Option<CloseRequest>>,
+}
+
+/// Writes queued messages until the connection is closed; sends a ping
+/// every `ping_every`. Returns why it stopped.
+pub async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: ConnRx,
+    encoding: Encoding,
+    journal: JournalHandle,
+    ping_every: Duration,
+    clock: Clock,
+) -> Option<CloseRequest> {
+    let mut ping = tokio::time::interval_at(Clock::tokio_now() + ping_every, ping_every);
+    let _ = clock;
+    let reason = loop {
+        tokio::select! {
+            biased;
+            changed = rx.kill.changed() => {
+                let req = if changed.is_ok() { rx.kill.borrow().clone() } else { None };
+                break req;
+            }
+            out = rx.rx.recv() => {
+                let Some(out) = out else { break None };
+                let (frame, born, is_offer) = match out {
+                    Outbound::Agent { msg, born } => {
+                        let is_offer = matches!(*msg, AgentMessage::Offer { .. });
+                        (encode(encoding, &*msg), born, is_offer)
+                    }
+                    Outbound::Gateway { cmd, after } => {
+                        if journal.durable() < after && journal.wait_durable(after).await.is_err() {
+                            break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
+                        }
+                        (encode(encoding, &*cmd), None, false)
+                    }
+                };
+                let Some(frame) = frame else { continue };
+                if sink.send(frame).await.is_err() {
+                    break None;
+                }
+                if is_offer && let Some(born) = born {
+                    metrics::histogram!("ringline_offer_latency_seconds").record(born.elapsed().as_secs_f64());
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(req) = &reason {
+        let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    let _ = sink.close().await;
+    reason
+}
+
+fn encode<T: serde::Serialize>(enc: Encoding, msg: &T) -> Option<Message> {
+    match enc.encode(msg) {
+        Ok(bytes) => Some(match enc {
+            Encoding::Json => match String::from_utf8(bytes) {
+                Ok(s) => Message::Text(s.into()),
+                Err(_) => return None,
+            },
+            Encoding::MsgPack => Message::Binary(bytes.into()),
+        }),
+        Err(e) => {
+            tracing::error!("cannot encode an outgoing message: {e}");
+            None
+        }
+    }
+}
+
+/// Why a read failed, as a close to send: a frame past the hard size
+/// limit is 1009; anything else (a broken peer) needs no close frame.
+pub fn read_failure(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => Some((close::TOO_BIG, "frame too large")),
+        _ => None,
+    }
+}
+
+/// Token bucket: `rate` per second, bursts of `burst`. Time comes in.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    pub fn new(rate: u32, burst: u32, now: tokio::time::Instant) -> Self {
+        RateLimit { rate: f64::from(rate), burst: f64::from(burst.max(1)), tokens: f64::from(burst.max(1)), last: now }
+    }
+
+    pub fn allow(&mut self, now: tokio::time::Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts errors a connection caused in a sliding window; too many closes it.
+#[derive(Debug)]
+pub struct AbuseMeter {
+    limit: u32,
+    window: Duration,
+    hits: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+impl AbuseMeter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        AbuseMeter { limit, window, hits: Default::default() }
+    }
+
+    /// Records one error; true when the connection should be closed.
+    pub fn hit(&mut self, now: tokio::time::Instant) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        self.hits.push_back(now);
+        while self.hits.front().is_some_and(|&t| now.saturating_duration_since(t) > self.window) {
+            self.hits.pop_front();
+        }
+        self.hits.len() as u32 >= self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_allows_bursts_then_the_rate() {
+        let t0 = Clock::tokio_now();
+        let mut r = RateLimit::new(10, 3, t0);
+        assert!(r.allow(t0) && r.allow(t0) && r.allow(t0));
+        assert!(!r.allow(t0));
+        assert!(r.allow(t0 + Duration::from_millis(100)));
+        assert!(!r.allow(t0 + Duration::from_millis(100)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abuse_meter_counts_within_its_window() {
+        let t0 = Clock::tokio_now();
+        let mut m = AbuseMeter::new(3, Duration::from_secs(60));
+        assert!(!m.hit(t0));
+        assert!(!m.hit(t0 + Duration::from_secs(1)));
+        assert!(!m.hit(t0 + Duration::from_secs(70)), "the first two fell out of the window");
+        assert!(!m.hit(t0 + Duration::from_secs(71)));
+        assert!(m.hit(t0 + Duration::from_secs(72)));
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection() {
+        let (h, _rx) = ConnHandle::new(ConnId(1), ConnKind::Gateway { name: "g".into() }, Encoding::Json, 2);
+        let msg = || Outbound::Agent { msg: Arc::new(AgentMessage::Pong { ref_: None }), born: None };
+        assert!(h.send(msg()) && h.send(msg()));
+        assert!(!h.is_closing());
+        assert!(!h.send(msg()));
+        assert!(h.is_closing());
+    }
+}

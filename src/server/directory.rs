@@ -1,0 +1,236 @@
+//! The shell's shared lookup tables: who a token is, which shard an input
+//! belongs to, which connections a user has, which gateway carries a call.
+//! They mirror what the engines decide (via `Output::Directory`) and are
+//! read from many tasks, hence dashmap. Nothing here decides anything.
+
+use super::conn::ConnHandle;
+use crate::config::GatewayConfig;
+use crate::core::ids::{AccountId, CallId, ConnId, GatewayName, NumberId, UserId};
+use crate::core::team::{Lifecycle, Role};
+use crate::core::{DirectoryChange, RouteKey};
+use dashmap::DashMap;
+use rustc_hash::FxHasher;
+use std::hash::{Hash, Hasher};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    pub role: Role,
+    pub lifecycle: Lifecycle,
+    pub token_hash: Option<String>,
+}
+
+/// Who presented a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    User { account: AccountId, user: UserId, role: Role },
+    Gateway { name: GatewayName, accounts: Option<Vec<AccountId>> },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// Missing or unknown token: 401.
+    Unknown,
+    /// A user who may not log in (deactivated, removed, still invited): 403.
+    NotActive(Lifecycle),
+}
+
+#[derive(Debug)]
+pub struct Directory {
+    shards: usize,
+    gateways: Vec<GatewayConfig>,
+    users: DashMap<(AccountId, UserId), UserEntry>,
+    tokens: DashMap<String, (AccountId, UserId)>,
+    numbers: DashMap<NumberId, AccountId>,
+    routes: DashMap<RouteKey, AccountId>,
+    /// Open softphone connections.
+    pub conns: DashMap<ConnId, ConnHandle>,
+    pub user_conns: DashMap<(AccountId, UserId), Vec<ConnId>>,
+    /// Connected gateways by name.
+    pub gateways_live: DashMap<GatewayName, ConnHandle>,
+    /// The gateway that carries each call it told us about.
+    pub call_gateway: DashMap<CallId, GatewayName>,
+}
+
+/// Lowercase hex SHA-256, the only form in which tokens are kept.
+pub fn hash_token(token: &str) -> String {
+    crate::config::hash_token(token)
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl Directory {
+    pub fn new(shards: usize, gateways: Vec<GatewayConfig>) -> Directory {
+        Directory {
+            shards: shards.max(1),
+            gateways,
+            users: DashMap::new(),
+            tokens: DashMap::new(),
+            numbers: DashMap::new(),
+            routes: DashMap::new(),
+            conns: DashMap::new(),
+            user_conns: DashMap::new(),
+            gateways_live: DashMap::new(),
+            call_gateway: DashMap::new(),
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards
+    }
+
+    /// Accounts are spread over shards by a stable hash of their id.
+    pub fn shard_of(&self, account: &AccountId) -> usize {
+        let mut h = FxHasher::default();
+        account.as_str().hash(&mut h);
+        (h.finish() % self.shards as u64) as usize
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Unknown);
+        }
+        let hash = hash_token(token);
+        // Every gateway is compared, in constant time, whatever matches.
+        let mut gateway = None;
+        for g in &self.gateways {
+            if ct_eq(&g.token_hash, &hash) {
+                gateway = Some(Identity::Gateway { name: g.name.clone(), accounts: g.accounts.clone() });
+            }
+        }
+        if let Some(g) = gateway {
+            return Ok(g);
+        }
+        let Some(key) = self.tokens.get(&hash).map(|e| e.value().clone()) else {
+            return Err(AuthError::Unknown);
+        };
+        let Some(entry) = self.users.get(&key).map(|e| e.value().clone()) else {
+            return Err(AuthError::Unknown);
+        };
+        if !entry.token_hash.as_deref().is_some_and(|h| ct_eq(h, &hash)) {
+            return Err(AuthError::Unknown);
+        }
+        if entry.lifecycle != Lifecycle::Active {
+            return Err(AuthError::NotActive(entry.lifecycle));
+        }
+        Ok(Identity::User { account: key.0, user: key.1, role: entry.role })
+    }
+
+    pub fn user(&self, account: &AccountId, user: &UserId) -> Option<UserEntry> {
+        self.users.get(&(account.clone(), user.clone())).map(|e| e.value().clone())
+    }
+
+    pub fn account_of_number(&self, n: &NumberId) -> Option<AccountId> {
+        self.numbers.get(n).map(|e| e.value().clone())
+    }
+
+    pub fn account_of(&self, key: &RouteKey) -> Option<AccountId> {
+        self.routes.get(key).map(|e| e.value().clone())
+    }
+
+    pub fn apply(&self, change: &DirectoryChange) {
+        match change {
+            DirectoryChange::Bind { account, key } => {
+                self.routes.insert(key.clone(), account.clone());
+            }
+            DirectoryChange::Unbind { key, .. } => {
+                self.routes.remove(key);
+                if let RouteKey::Call(c) = key {
+                    self.call_gateway.remove(c);
+                }
+            }
+            DirectoryChange::Number { account, number, present } => {
+                if *present {
+                    self.numbers.insert(number.clone(), account.clone());
+                } else {
+                    self.numbers.remove(number);
+                }
+            }
+            DirectoryChange::User { account, user, role, lifecycle, token_hash } => {
+                let key = (account.clone(), user.clone());
+                let old = self.users.insert(
+                    key.clone(),
+                    UserEntry { role: *role, lifecycle: *lifecycle, token_hash: token_hash.clone() },
+                );
+                if let Some(old_hash) = old.and_then(|o| o.token_hash)
+                    && Some(&old_hash) != token_hash.as_ref()
+                {
+                    self.tokens.remove(&old_hash);
+                }
+                if let Some(h) = token_hash {
+                    self.tokens.insert(h.clone(), key);
+                }
+            }
+        }
+    }
+
+    /// The gateways allowed to serve `account`, by name order.
+    pub fn gateways_for(&self, account: &AccountId) -> Vec<GatewayName> {
+        let mut names: Vec<GatewayName> = self
+            .gateways
+            .iter()
+            .filter(|g| g.accounts.as_ref().is_none_or(|a| a.contains(account)))
+            .map(|g| g.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Directory {
+        let g =
+            GatewayConfig { name: "edge".into(), token_hash: hash_token("gw"), accounts: Some(vec!["acme".into()]) };
+        let d = Directory::new(2, vec![g]);
+        d.apply(&DirectoryChange::User {
+            account: "acme".into(),
+            user: "alice".into(),
+            role: Role::Owner,
+            lifecycle: Lifecycle::Active,
+            token_hash: Some(hash_token("alice-token")),
+        });
+        d
+    }
+
+    #[test]
+    fn tokens_resolve_to_identities() {
+        let d = dir();
+        assert_eq!(
+            d.authenticate("alice-token"),
+            Ok(Identity::User { account: "acme".into(), user: "alice".into(), role: Role::Owner })
+        );
+        assert!(matches!(d.authenticate("gw"), Ok(Identity::Gateway { .. })));
+        assert_eq!(d.authenticate("nope"), Err(AuthError::Unknown));
+        assert_eq!(d.authenticate(""), Err(AuthError::Unknown));
+    }
+
+    #[test]
+    fn deactivation_and_token_change_take_effect() {
+        let d = dir();
+        let change = |lifecycle, token: &str| DirectoryChange::User {
+            account: "acme".into(),
+            user: "alice".into(),
+            role: Role::Owner,
+            lifecycle,
+            token_hash: Some(hash_token(token)),
+        };
+        d.apply(&change(Lifecycle::Deactivated, "alice-token"));
+        assert_eq!(d.authenticate("alice-token"), Err(AuthError::NotActive(Lifecycle::Deactivated)));
+        d.apply(&change(Lifecycle::Active, "new-token"));
+        assert_eq!(d.authenticate("alice-token"), Err(AuthError::Unknown));
+        assert!(d.authenticate("new-token").is_ok());
+    }
+
+    #[test]
+    fn shards_are_stable() {
+        let d = dir();
+        let a: AccountId = "acme".into();
+        assert_eq!(d.shard_of(&a), d.shard_of(&a));
+        assert!(d.shard_of(&a) < 2);
+    }
+}

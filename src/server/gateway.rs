@@ -1,0 +1,202 @@
+//! `GET /v1/gateway`: a telephony gateway. Events in (acked once durable),
+//! commands out.
+
+use super::conn::{AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, close, write_loop};
+use super::directory::{AuthError, Identity};
+use super::shard::Origin;
+use super::wire::{Encoding, WireError, decode_gateway};
+use super::{App, http::Credentials};
+use crate::clock::Clock;
+use crate::core::ids::{AccountId, GatewayName};
+use crate::core::{Input, RouteKey};
+use crate::protocol::ErrorCode;
+use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use tracing::Instrument;
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    Query(creds): Query<Credentials>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let encoding = match creds.encoding() {
+        Ok(e) => e,
+        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+    };
+    let (name, accounts) = match app.dir.authenticate(creds.token(&headers).unwrap_or_default()) {
+        Ok(Identity::Gateway { name, accounts }) => (name, accounts),
+        Ok(Identity::User { .. }) => {
+            return (StatusCode::FORBIDDEN, "user tokens connect to /v1/agent").into_response();
+        }
+        Err(AuthError::Unknown) => return (StatusCode::UNAUTHORIZED, "missing or unknown token").into_response(),
+        Err(AuthError::NotActive(_)) => return (StatusCode::FORBIDDEN, "not active").into_response(),
+    };
+    if !app.ready.load(std::sync::atomic::Ordering::Acquire) || *app.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| {
+        let span = tracing::info_span!("gateway", gateway = %name);
+        run(app, socket, name, accounts, encoding).instrument(span)
+    })
+}
+
+fn not_found(what: &str, seq: u64, ref_: Option<crate::protocol::Ref>) -> WireError {
+    WireError { code: ErrorCode::NotFound, message: format!("unknown {what}"), ref_, seq: Some(seq) }
+}
+
+async fn run(
+    app: Arc<App>,
+    socket: WebSocket,
+    name: GatewayName,
+    accounts: Option<Vec<AccountId>>,
+    encoding: Encoding,
+) {
+    let id = app.next_conn_id();
+    let cfg = &app.config.server;
+    let (handle, rx) = ConnHandle::new(id, ConnKind::Gateway { name: name.clone() }, encoding, cfg.outbound_queue * 64);
+    app.dir.conns.insert(id, handle.clone());
+    if let Some(old) = app.dir.gateways_live.insert(name.clone(), handle.clone()) {
+        old.close(close::POLICY, "replaced by a newer connection of the same gateway");
+    }
+    metrics::gauge!("ringline_connections", "kind" => "gateway").increment(1.0);
+    tracing::info!(conn = id.0, "gateway connected");
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, rx, encoding, app.journal.clone(), cfg.ping_interval, app.clock));
+
+    // Hand over what waited for a gateway, and re-send connections in
+    // flight in case the previous connection lost them.
+    let served: Vec<AccountId> = match &accounts {
+        Some(a) => a.clone(),
+        None => app.config.accounts.iter().map(|a| a.id.clone()).collect(),
+    };
+    app.flush_pending(&served);
+    if let Some(shards) = app.shards.get() {
+        for s in shards {
+            if let Some(cmds) = s.query(|e| e.unanswered_commands()).await {
+                for o in cmds {
+                    if let crate::core::Output::Gateway { account, .. } = &o
+                        && accounts.as_ref().is_none_or(|a| a.contains(account))
+                    {
+                        super::deliver(&app, o, app.journal.last_seq(), None);
+                    }
+                }
+            }
+        }
+    }
+
+    let allowed = |a: &AccountId| accounts.as_ref().is_none_or(|list| list.contains(a));
+    let mut limit = RateLimit::new(
+        cfg.rate_limit_per_sec.saturating_mul(100),
+        cfg.rate_limit_burst.saturating_mul(100),
+        Clock::tokio_now(),
+    );
+    let mut abuse =
+        AbuseMeter::new(cfg.abuse_errors_before_close.saturating_mul(10), crate::config::ServerSettings::ABUSE_WINDOW);
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(cfg.idle_timeout, stream.next()) => {
+                let msg = match frame {
+                    Err(_) => {
+                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the gateway");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        if let Some((code, reason)) = super::conn::read_failure(e) {
+                            handle.close(code, reason);
+                        }
+                        break;
+                    }
+                    Ok(Some(Ok(m))) => m,
+                };
+                let (bytes, enc) = match &msg {
+                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
+                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let now = Clock::tokio_now();
+                let outcome = if bytes.len() > cfg.max_frame_bytes {
+                    Err(WireError { code: ErrorCode::BadRequest, message: format!("frame of {} bytes exceeds the limit of {}", bytes.len(), cfg.max_frame_bytes), ref_: None, seq: None })
+                } else if !limit.allow(now) {
+                    Err(WireError { code: ErrorCode::RateLimited, message: "too many events; slow down".into(), ref_: None, seq: None })
+                } else {
+                    decode_gateway(bytes, enc).and_then(|frame| {
+                        let account = account_of(&app, &frame.event)
+                            .filter(|a| allowed(a))
+                            .ok_or_else(|| not_found(what(&frame.event), frame.seq, frame.ref_.clone()))?;
+                        if let Some(call) = call_of(&frame.event) {
+                            app.dir.call_gateway.insert(call.clone(), name.clone());
+                        }
+                        let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
+                        shard.input(Input::Gateway { account, event: frame.event }, Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ });
+                        Ok(())
+                    })
+                };
+                if let Err(e) = outcome {
+                    let cmd = GatewayCommand::Error { ref_: e.ref_, seq: e.seq, code: e.code, message: e.message };
+                    handle.send(Outbound::Gateway { cmd: Box::new(cmd), after: 0 });
+                    if abuse.hit(now) {
+                        handle.close(close::POLICY, "too many bad events");
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {
+                handle.close(close::GOING_AWAY, "server shutting down");
+                break;
+            }
+            _ = &mut writer => break,
+        }
+    }
+    if !writer.is_finished() {
+        handle.close(close::GOING_AWAY, "closing");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
+        writer.abort();
+    }
+    app.dir.conns.remove(&id);
+    app.dir.gateways_live.remove_if(&name, |_, h| h.id == id);
+    metrics::gauge!("ringline_connections", "kind" => "gateway").decrement(1.0);
+    tracing::info!(conn = id.0, "gateway disconnected");
+}
+
+/// The account an event belongs to, from the number it names or the id of
+/// a call, callback or message the engine bound.
+fn account_of(app: &App, event: &GatewayEvent) -> Option<AccountId> {
+    match event {
+        GatewayEvent::CallInbound { to, .. } | GatewayEvent::MessageInbound { to, .. } => app.dir.account_of_number(to),
+        GatewayEvent::CallbackResult { callback_id, .. } => {
+            app.dir.account_of(&RouteKey::Callback(callback_id.clone()))
+        }
+        GatewayEvent::MessageStatus { message_id, .. } => app.dir.account_of(&RouteKey::Message(message_id.clone())),
+        other => call_of(other).and_then(|c| app.dir.account_of(&RouteKey::Call(c.clone()))),
+    }
+}
+
+fn call_of(event: &GatewayEvent) -> Option<&crate::core::ids::CallId> {
+    match event {
+        GatewayEvent::CallInbound { call_id, .. }
+        | GatewayEvent::CallAnswered { call_id, .. }
+        | GatewayEvent::CallBridgeFailed { call_id, .. }
+        | GatewayEvent::CallEnded { call_id, .. }
+        | GatewayEvent::CallbackRequested { call_id, .. }
+        | GatewayEvent::VoicemailRecorded { call_id, .. } => Some(call_id),
+        _ => None,
+    }
+}
+
+fn what(event: &GatewayEvent) -> &'static str {
+    match event {
+        GatewayEvent::CallInbound { .. } | GatewayEvent::MessageInbound { .. } => "number",
+        GatewayEvent::CallbackResult { .. } => "callback",
+        GatewayEvent::MessageStatus { .. } => "message",
+        _ => "call",
+    }
+}

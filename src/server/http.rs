@@ -1,0 +1,86 @@
+//! HTTP routes: the two WebSocket endpoints, health, readiness, metrics.
+
+use super::wire::Encoding;
+use super::{App, agent, gateway};
+use crate::config::ServerSettings;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/agent", get(agent::upgrade))
+        .route("/v1/gateway", get(gateway::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// `?token=` and `?encoding=` on WebSocket URLs.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Credentials {
+    token: Option<String>,
+    encoding: Option<String>,
+}
+
+impl Credentials {
+    /// The bearer token from the header, else from the query string.
+    pub fn token<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a str> {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .or(self.token.as_deref())
+    }
+
+    /// The requested encoding; a 400 message if it is neither.
+    pub fn encoding(&self) -> Result<Encoding, String> {
+        match self.encoding.as_deref() {
+            None => Ok(Encoding::Json),
+            Some(e) => Encoding::parse(e).ok_or_else(|| format!("encoding must be json or msgpack, not {e:?}")),
+        }
+    }
+}
+
+/// Buffers sized for many mostly idle connections: a 4 KiB read buffer
+/// instead of tungstenite's 128 KiB default. Frames up to 16 times the soft
+/// limit are read (and answered with an error); anything larger closes the
+/// connection with 1009.
+pub fn sized(ws: WebSocketUpgrade, s: &ServerSettings) -> WebSocketUpgrade {
+    let hard = s.max_frame_bytes.saturating_mul(16);
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(hard.max(64 * 1024))
+        .max_message_size(hard)
+        .max_frame_size(hard)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready once the journal is open, the state recovered and the config
+/// applied; not ready while shutting down or if the journal failed.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Some(e) = app.journal.failed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("journal failed: {e}")).into_response();
+    }
+    if app.ready.load(Ordering::Acquire) && !*app.shutdown.borrow() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let durable = app.journal.durable();
+    metrics::gauge!("ringline_journal_durable_seq").set(durable as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}

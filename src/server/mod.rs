@@ -1,0 +1,433 @@
+//! The shell: a tokio server around the routing core. It authenticates
+//! connections, turns frames into inputs for the right shard, journals what
+//! the engine accepts, and delivers what it decides. It decides nothing.
+//!
+//! Start-up is recovery: open the store, restore the latest snapshot, replay
+//! the journal after it through the same engines, apply the config file's
+//! provisioning, end the connections that did not survive, then listen.
+
+pub mod agent;
+pub mod conn;
+pub mod directory;
+pub mod gateway;
+pub mod http;
+pub mod shard;
+pub mod wire;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::core::ids::{AccountId, ConnId};
+use crate::core::{Engine, Input, Output};
+use crate::protocol::gateway::GatewayCommand;
+use crate::store::{History, JournalHandle, Store, StoreConfig};
+use conn::Outbound;
+use dashmap::DashMap;
+use directory::Directory;
+use metrics_exporter_prometheus::PrometheusHandle;
+use shard::{ShardHandle, ShardMsg};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+
+/// Gateway commands kept for an account while no gateway serves it.
+pub const MAX_PENDING_GATEWAY_COMMANDS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("journal entry {seq} cannot be replayed: {reason}")]
+    Replay { seq: u64, reason: String },
+    #[error("snapshot of shard {shard} cannot be restored: {reason}")]
+    Snapshot { shard: u32, reason: String },
+    #[error("config provisioning refused: {0}")]
+    Provisioning(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything the tasks share.
+pub struct App {
+    pub config: Config,
+    pub dir: Directory,
+    pub shards: OnceLock<Vec<ShardHandle>>,
+    pub journal: JournalHandle,
+    pub history: History,
+    pub metrics: PrometheusHandle,
+    pub clock: Clock,
+    next_conn: AtomicU64,
+    pub ready: AtomicBool,
+    pending: DashMap<AccountId, VecDeque<(Box<GatewayCommand>, u64)>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("listen", &self.config.listen).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn shard_for(&self, account: &AccountId) -> Option<&ShardHandle> {
+        self.shards.get()?.get(self.dir.shard_of(account))
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Queues a command for the gateway that carries its call, or any
+    /// gateway allowed for the account; kept for later if none is connected.
+    pub fn send_to_gateway(&self, account: &AccountId, cmd: Box<GatewayCommand>, after: u64) {
+        let carrier = cmd
+            .call_id()
+            .and_then(|c| self.dir.call_gateway.get(c).map(|g| g.value().clone()))
+            .filter(|g| self.dir.gateways_live.contains_key(g));
+        let target = carrier
+            .or_else(|| self.dir.gateways_for(account).into_iter().find(|g| self.dir.gateways_live.contains_key(g)));
+        let Some(name) = target else {
+            let mut q = self.pending.entry(account.clone()).or_default();
+            if q.len() >= MAX_PENDING_GATEWAY_COMMANDS {
+                q.pop_front();
+                tracing::error!(%account, "no gateway connected: dropping the oldest pending command");
+            }
+            q.push_back((cmd, after));
+            return;
+        };
+        if let Some(call) = cmd.call_id() {
+            self.dir.call_gateway.entry(call.clone()).or_insert_with(|| name.clone());
+        }
+        if let Some(conn) = self.dir.gateways_live.get(&name).map(|c| c.value().clone()) {
+            conn.send(Outbound::Gateway { cmd, after });
+        }
+    }
+
+    /// A gateway connected: hand it what waited for it.
+    pub fn flush_pending(&self, accounts: &[AccountId]) {
+        for account in accounts {
+            let Some((_, q)) = self.pending.remove(account) else { continue };
+            for (cmd, after) in q {
+                self.send_to_gateway(account, cmd, after);
+            }
+        }
+    }
+}
+
+/// Routes one engine output to where it goes.
+pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Instant>) {
+    match o {
+        Output::User { account, user, msg } => {
+            let msg = Arc::new(msg);
+            let conns = app.dir.user_conns.get(&(account, user)).map(|c| c.value().clone()).unwrap_or_default();
+            for id in conns {
+                if let Some(c) = app.dir.conns.get(&id).map(|c| c.value().clone()) {
+                    c.send(Outbound::Agent { msg: msg.clone(), born });
+                }
+            }
+        }
+        Output::Conn { conn, msg } => {
+            if let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) {
+                c.send(Outbound::Agent { msg: Arc::new(msg), born });
+            }
+        }
+        Output::Close { conn, reason } => {
+            if let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) {
+                c.close(reason.code(), reason.text());
+            }
+        }
+        Output::Gateway { account, cmd } => app.send_to_gateway(&account, Box::new(cmd), after),
+        Output::Directory(change) => app.dir.apply(&change),
+        Output::Record { .. } => {}
+    }
+}
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes every connection with 1001, stops the shards
+    /// and flushes the journal.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down cleanly.
+    pub async fn run_until_signal(self) {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return self.shutdown().await;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// The metrics recorder is process-global; every server in the process
+/// (tests start several) shares it.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
+                    &[
+                        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ],
+                )
+                .map(|b| b.build_recorder());
+            match recorder {
+                Ok(r) => {
+                    let handle = r.handle();
+                    if metrics::set_global_recorder(r).is_err() {
+                        tracing::warn!("a metrics recorder was already installed");
+                    }
+                    handle
+                }
+                Err(e) => {
+                    tracing::error!("metrics disabled: {e}");
+                    metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+/// Recovers state and starts listening. Returns once the server accepts
+/// connections.
+pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
+    if let Some(l) = opts.listen {
+        config.listen = l;
+    }
+    if let Some(d) = opts.data_dir {
+        config.data_dir = d;
+    }
+    let shards = config.server.shards.max(1);
+    let dir = Directory::new(shards, config.gateways.clone());
+
+    // Recovery runs on a blocking thread: it is pure CPU and disk.
+    let data_dir = config.data_dir.clone();
+    let (store, engines, last_seq) = tokio::task::spawn_blocking(move || recover(data_dir, shards, &dir))
+        .await
+        .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
+    let dir = Directory::new(shards, config.gateways.clone());
+    for e in &engines {
+        for change in e.directory() {
+            dir.apply(&change);
+        }
+    }
+    let stale: Vec<(AccountId, ConnId)> = engines.iter().flat_map(Engine::open_connections).collect();
+    let unanswered: Vec<Output> = engines.iter().flat_map(Engine::unanswered_commands).collect();
+    let not_before = engines.iter().map(Engine::now).max().unwrap_or_default();
+    let clock = Clock::start(not_before);
+    let max_conn = stale.iter().map(|(_, c)| c.0).max().unwrap_or(0);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        journal: store.journal(),
+        history: store.history(),
+        config,
+        dir,
+        shards: OnceLock::new(),
+        metrics: metrics_handle(),
+        clock,
+        // Connection ids stay unique across restarts of the same state.
+        next_conn: AtomicU64::new(max_conn + 1),
+        ready: AtomicBool::new(false),
+        pending: DashMap::new(),
+        shutdown: stop_rx,
+    });
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, engine) in engines.into_iter().enumerate() {
+        let (h, t) = shard::spawn(i, engine, last_seq, app.clone());
+        handles.push(h);
+        tasks.push(t);
+    }
+    let _ = app.shards.set(handles);
+
+    // The config file's accounts, users and numbers, journaled like any change.
+    for input in app.config.provisioning() {
+        let Some(account) = input.account().cloned() else { continue };
+        let Some(shard) = app.shard_for(&account) else { continue };
+        shard.call(&app, input).await.map_err(|e| StartError::Provisioning(format!("account {account}: {e}")))?;
+    }
+    // No connection survives a restart.
+    for (account, conn) in stale {
+        if let Some(shard) = app.shard_for(&account) {
+            let _ = shard.call(&app, Input::Disconnect { account, conn }).await;
+        }
+    }
+    // Bridges and dials the gateway may never have received: sent again
+    // when a gateway connects.
+    let durable = app.journal.last_seq();
+    for o in unanswered {
+        deliver(&app, o, durable, None);
+    }
+
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: app.config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: app.config.listen, source })?;
+    app.ready.store(true, Ordering::Release);
+    tracing::info!("listening on {addr}");
+
+    let router = http::router(app.clone());
+    let snapshots = tokio::spawn(snapshot_loop(app.clone()));
+    let serve_app = app.clone();
+    let mut stop_rx = stop_tx.subscribe();
+    let task = tokio::spawn(async move {
+        let graceful = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(graceful);
+        if let Err(e) = server.await {
+            tracing::error!("server error: {e}");
+        }
+        serve_app.ready.store(false, Ordering::Release);
+        snapshots.abort();
+        // Connections were told to close by the shutdown signal; give their
+        // writers a moment to send the close frames.
+        let deadline = Clock::tokio_now() + std::time::Duration::from_secs(2);
+        while (!serve_app.dir.conns.is_empty() || !serve_app.dir.gateways_live.is_empty())
+            && Clock::tokio_now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Some(shards) = serve_app.shards.get() {
+            for s in shards {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if s.send(ShardMsg::Stop(tx)) {
+                    let _ = rx.await;
+                }
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let closing = tokio::task::spawn_blocking(move || store.close()).await;
+        match closing {
+            Ok(Ok(())) => tracing::info!("journal flushed; stopped"),
+            Ok(Err(e)) => tracing::error!("journal close failed: {e}"),
+            Err(e) => tracing::error!("journal close task failed: {e}"),
+        }
+    });
+    Ok(Running { addr, app, stop: stop_tx, task })
+}
+
+/// Opens the store, restores the latest snapshot and replays the journal
+/// after it. Returns the engines, one per shard.
+#[allow(clippy::disallowed_methods)] // start-up timing for the log only
+fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, Vec<Engine>, u64), StartError> {
+    let started = std::time::Instant::now();
+    let (store, recovered) = Store::open(StoreConfig::new(&data_dir))?;
+    if let Some(d) = &recovered.dropped {
+        tracing::warn!(
+            first_seq = d.first_seq,
+            count = d.count,
+            reason = %d.reason,
+            "journal tail damaged: recovered everything before it, dropped {} entries",
+            d.count
+        );
+    }
+    let mut engines: Vec<Engine> = (0..shards).map(|_| Engine::new()).collect();
+    let mut covered: rustc_hash::FxHashMap<AccountId, u64> = Default::default();
+    for row in &recovered.snapshots {
+        let mut e = Engine::restore(&row.data)
+            .map_err(|err| StartError::Snapshot { shard: row.shard, reason: err.to_string() })?;
+        for state in e.take_accounts() {
+            covered.insert(state.id().clone(), row.covered_seq);
+            engines[dir.shard_of(state.id())].insert_account(state);
+        }
+    }
+    let mut replayed = 0u64;
+    store.replay(0, |entry| {
+        if covered.get(&entry.account).is_some_and(|&c| entry.seq <= c) {
+            return Ok(());
+        }
+        let input: Input = rmp_serde::from_slice(&entry.input)
+            .map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
+        let engine = &mut engines[dir.shard_of(&entry.account)];
+        let _ = engine.handle(entry.at, input);
+        engine.drain_outputs().for_each(drop);
+        replayed += 1;
+        Ok::<(), StartError>(())
+    })?;
+    tracing::info!(
+        snapshot_shards = recovered.snapshots.len(),
+        replayed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state recovered"
+    );
+    Ok((store, engines, recovered.last_seq))
+}
+
+/// Every `server.snapshot_every` journal entries, snapshot every shard so
+/// the journal can be truncated and start-up stays quick.
+async fn snapshot_loop(app: Arc<App>) {
+    let every = app.config.server.snapshot_every.max(1);
+    let mut last = app.journal.last_seq();
+    let mut generation = 0u64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let seq = app.journal.last_seq();
+        if seq.saturating_sub(last) < every {
+            continue;
+        }
+        if let Err(e) = take_snapshot(&app, &mut generation).await {
+            tracing::error!("snapshot failed: {e}");
+            continue;
+        }
+        last = seq;
+    }
+}
+
+pub async fn take_snapshot(app: &App, generation: &mut u64) -> Result<(), String> {
+    let Some(shards) = app.shards.get() else { return Err("no shards".into()) };
+    let mut rows = Vec::new();
+    for s in shards {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !s.send(ShardMsg::Snapshot(tx)) {
+            return Err("shard stopped".into());
+        }
+        rows.push(rx.await.map_err(|_| "shard stopped".to_string())??);
+    }
+    *generation = (*generation).max(app.journal.last_seq());
+    app.journal.snapshot(*generation, rows);
+    metrics::counter!("ringline_snapshots_total").increment(1);
+    Ok(())
+}

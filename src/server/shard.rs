@@ -1,0 +1,278 @@
+//! A shard: one task that owns one [`Engine`] (a set of accounts). All
+//! inputs for those accounts pass through its queue, so the hot path takes
+//! no locks. The task moves time and bytes in and out; the engine decides.
+//!
+//! For each input: read the clock, hand the input to the engine, journal it
+//! (with the history records it produced) if the engine says so, deliver
+//! the outputs, reply to whoever sent it. Between inputs it sleeps until the
+//! engine's next deadline and then ticks it.
+
+use super::App;
+use super::conn::Outbound;
+use crate::core::ids::{AccountId, ConnId};
+use crate::core::{CoreError, Engine, Input, Output, Reply};
+use crate::protocol::Ref;
+use crate::protocol::agent::AgentMessage;
+use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
+use crate::store::SnapshotRow;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Who sent an input, and so who gets the reply.
+#[derive(Debug)]
+pub enum Origin {
+    /// A gateway event: acked (or refused) on that gateway connection.
+    Gateway { conn: ConnId, seq: u64, ref_: Option<Ref> },
+    /// A softphone command: errors go back to that connection.
+    Agent { conn: ConnId, ref_: Option<Ref> },
+    /// An HTTP request or start-up step waiting for the result and the
+    /// journal position it must see durable before answering.
+    Wait(oneshot::Sender<(Result<Reply, CoreError>, u64)>),
+    /// Nobody is waiting (disconnects, shell housekeeping).
+    None,
+}
+
+/// Read-only work on the engine (admin queries), run between inputs.
+pub type Query = Box<dyn FnOnce(&Engine) + Send>;
+
+impl std::fmt::Debug for ShardMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardMsg::Input { input, origin, .. } => {
+                f.debug_struct("Input").field("input", input).field("origin", origin).finish()
+            }
+            ShardMsg::Query(_) => f.write_str("Query"),
+            ShardMsg::Snapshot(_) => f.write_str("Snapshot"),
+            ShardMsg::Stop(_) => f.write_str("Stop"),
+        }
+    }
+}
+
+// Inputs are the hot path: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum ShardMsg {
+    Input {
+        input: Input,
+        origin: Origin,
+        born: tokio::time::Instant,
+    },
+    Query(Query),
+    /// Serialize the engine; replies with (last journal seq it reflects, bytes).
+    Snapshot(oneshot::Sender<Result<SnapshotRow, String>>),
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    pub index: usize,
+    tx: mpsc::UnboundedSender<ShardMsg>,
+}
+
+impl ShardHandle {
+    pub fn send(&self, msg: ShardMsg) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+
+    pub fn input(&self, input: Input, origin: Origin) -> bool {
+        self.send(ShardMsg::Input { input, origin, born: crate::clock::Clock::tokio_now() })
+    }
+
+    /// Submits an input and waits for its result, once durable.
+    pub async fn call(&self, app: &App, input: Input) -> Result<Reply, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.input(input, Origin::Wait(tx)) {
+            return Err(CoreError::new(crate::protocol::ErrorCode::Unavailable, "shutting down"));
+        }
+        let (result, after) =
+            rx.await.map_err(|_| CoreError::new(crate::protocol::ErrorCode::Unavailable, "shutting down"))?;
+        app.journal.wait_durable(after).await.map_err(|e| {
+            CoreError::new(crate::protocol::ErrorCode::Unavailable, format!("journal unavailable: {e}"))
+        })?;
+        result
+    }
+
+    /// Runs `f` on the engine and returns what it computed.
+    pub async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query = Box::new(move |e| {
+            let _ = tx.send(f(e));
+        });
+        if !self.send(ShardMsg::Query(q)) {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (ShardHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shard = Shard { index, engine, last_seq, app, rx, outs: Vec::new(), records: Vec::new() };
+    let task = tokio::spawn(shard.run());
+    (ShardHandle { index, tx }, task)
+}
+
+struct Shard {
+    index: usize,
+    engine: Engine,
+    /// Journal position of the last input this shard appended.
+    last_seq: u64,
+    app: Arc<App>,
+    rx: mpsc::UnboundedReceiver<ShardMsg>,
+    outs: Vec<Output>,
+    records: Vec<(AccountId, crate::core::history::Record)>,
+}
+
+impl Shard {
+    async fn run(mut self) {
+        let mut gauges = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let deadline = self.engine.next_deadline().map(|t| self.app.clock.deadline(t));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    if !self.handle_msg(msg) {
+                        return;
+                    }
+                    // Take what else is queued before sleeping again.
+                    for _ in 0..256 {
+                        match self.rx.try_recv() {
+                            Ok(msg) => {
+                                if !self.handle_msg(msg) {
+                                    return;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => self.process(Input::Tick, Origin::None, crate::clock::Clock::tokio_now()),
+                _ = gauges.tick() => self.publish_gauges(),
+            }
+        }
+    }
+
+    fn handle_msg(&mut self, msg: ShardMsg) -> bool {
+        match msg {
+            ShardMsg::Input { input, origin, born } => self.process(input, origin, born),
+            ShardMsg::Query(f) => f(&self.engine),
+            ShardMsg::Snapshot(reply) => {
+                let row = self
+                    .engine
+                    .snapshot()
+                    .map(|data| SnapshotRow { shard: self.index as u32, covered_seq: self.last_seq, data })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(row);
+            }
+            ShardMsg::Stop(done) => {
+                let _ = done.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn process(&mut self, input: Input, origin: Origin, born: tokio::time::Instant) {
+        let app = self.app.clone();
+        let now = app.clock.now();
+        let account = input.account().cloned();
+        let inbound = matches!(&input, Input::Gateway { event: GatewayEvent::CallInbound { .. }, .. });
+        // Encoded up front because handling consumes the input; refused
+        // inputs (rare) waste the encoding.
+        let bytes = match (&input, &account) {
+            (Input::Tick, _) | (_, None) => None,
+            _ => match rmp_serde::to_vec_named(&input) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!("cannot encode an input for the journal: {e}");
+                    None
+                }
+            },
+        };
+        let h = self.engine.handle(now, input);
+        for o in self.engine.drain_outputs() {
+            match o {
+                Output::Record { account, record } => {
+                    metrics_for_record(&record);
+                    self.records.push((account, record));
+                }
+                o => self.outs.push(o),
+            }
+        }
+        let records = std::mem::take(&mut self.records);
+        let after = match (h.journal, bytes, account) {
+            (true, Some(bytes), Some(account)) => {
+                self.last_seq = app.journal.append(now, &account, bytes, records);
+                self.last_seq
+            }
+            _ => {
+                if !records.is_empty() {
+                    app.journal.records(records);
+                }
+                app.journal.last_seq()
+            }
+        };
+        if inbound && matches!(h.result, Ok(Reply::Done)) {
+            metrics::counter!("ringline_inbound_calls_total").increment(1);
+        }
+        let born = Some(born);
+        let outs = std::mem::take(&mut self.outs);
+        for o in outs {
+            super::deliver(&app, o, after, born);
+        }
+        reply(&app, origin, h.result, after);
+    }
+
+    fn publish_gauges(&self) {
+        for (account, number, waiting, longest) in self.engine.queue_gauges() {
+            let labels = [("account", account.to_string()), ("number", number.to_string())];
+            metrics::gauge!("ringline_queue_waiting", &labels).set(f64::from(waiting));
+            metrics::gauge!("ringline_queue_longest_wait_seconds", &labels).set(longest as f64 / 1000.0);
+        }
+    }
+}
+
+fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64) {
+    match origin {
+        Origin::Gateway { conn, seq, ref_ } => {
+            let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) else { return };
+            let cmd = match result {
+                Ok(_) => GatewayCommand::Ack { seq },
+                Err(e) => GatewayCommand::Error { ref_, seq: Some(seq), code: e.code, message: e.message },
+            };
+            c.send(Outbound::Gateway { cmd: Box::new(cmd), after });
+        }
+        Origin::Agent { conn, ref_ } => {
+            if let Err(e) = result
+                && let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone())
+            {
+                let msg = AgentMessage::Error { ref_, code: e.code, message: e.message };
+                c.send(Outbound::Agent { msg: Arc::new(msg), born: None });
+            }
+        }
+        Origin::Wait(tx) => {
+            let _ = tx.send((result, after));
+        }
+        Origin::None => {}
+    }
+}
+
+fn metrics_for_record(record: &crate::core::history::Record) {
+    use crate::core::history::{Outcome, Record};
+    if let Record::Call(c) = record {
+        let name = c.outcome.name();
+        metrics::counter!("ringline_call_outcomes_total", "outcome" => name).increment(1);
+        match c.outcome {
+            Outcome::Answered => metrics::counter!("ringline_answers_total").increment(1),
+            Outcome::Abandoned | Outcome::Missed => metrics::counter!("ringline_abandons_total").increment(1),
+            Outcome::Voicemail { .. } => metrics::counter!("ringline_voicemails_total").increment(1),
+            Outcome::CallbackRequested { .. } => metrics::counter!("ringline_callbacks_total").increment(1),
+            _ => {}
+        }
+    }
+}

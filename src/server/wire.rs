@@ -1,0 +1,153 @@
+//! Frames on the wire: JSON text or MessagePack binary, same field names.
+//! Decoding is two-step so each kind of bad input gets its own error code:
+//! first the envelope (`type`, `ref`, `seq`), then the full message.
+
+use crate::protocol::agent::{AgentCommand, AgentFrame};
+use crate::protocol::gateway::{GatewayEvent, GatewayFrame};
+use crate::protocol::{ErrorCode, Ref};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// `?encoding=json|msgpack`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Encoding {
+    #[default]
+    Json,
+    MsgPack,
+}
+
+impl Encoding {
+    pub fn parse(s: &str) -> Option<Encoding> {
+        match s {
+            "json" => Some(Encoding::Json),
+            "msgpack" => Some(Encoding::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, msg: &T) -> Result<Vec<u8>, String> {
+        match self {
+            Encoding::Json => serde_json::to_vec(msg).map_err(|e| e.to_string()),
+            Encoding::MsgPack => rmp_serde::to_vec_named(msg).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A frame that could not be turned into a message; answered with `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub ref_: Option<Ref>,
+    pub seq: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(rename = "ref", default)]
+    ref_: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    seq: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref", default)]
+    ref_: Option<Ref>,
+}
+
+#[derive(serde::Deserialize)]
+struct SeqOnly {
+    #[serde(default)]
+    seq: Option<u64>,
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8], enc: Encoding) -> Result<T, String> {
+    match enc {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// Reads what can be read of the envelope, for error replies.
+fn envelope(bytes: &[u8], enc: Encoding, known: &[&str]) -> Result<(Option<Ref>, Option<u64>), WireError> {
+    let env: Envelope = parse(bytes, enc).map_err(|e| WireError {
+        code: ErrorCode::BadRequest,
+        message: format!("not a {} object: {e}", if enc == Encoding::Json { "JSON" } else { "MessagePack map" }),
+        ref_: None,
+        seq: None,
+    })?;
+    let ref_ = env.ref_.and_then(|_| parse::<RefOnly>(bytes, enc).ok()).and_then(|r| r.ref_);
+    let seq = env.seq.and_then(|_| parse::<SeqOnly>(bytes, enc).ok()).and_then(|s| s.seq);
+    match env.ty.as_deref() {
+        None => Err(WireError { code: ErrorCode::BadRequest, message: "missing field `type`".into(), ref_, seq }),
+        Some(t) if !known.contains(&t) => {
+            Err(WireError { code: ErrorCode::UnknownType, message: format!("unknown type {t:?}"), ref_, seq })
+        }
+        Some(_) => Ok((ref_, seq)),
+    }
+}
+
+pub fn decode_gateway(bytes: &[u8], enc: Encoding) -> Result<GatewayFrame, WireError> {
+    let (ref_, seq) = envelope(bytes, enc, &GatewayEvent::TYPES)?;
+    let Some(_) = seq else {
+        return Err(WireError { code: ErrorCode::BadRequest, message: "missing field `seq`".into(), ref_, seq });
+    };
+    parse::<GatewayFrame>(bytes, enc).map_err(|e| WireError { code: ErrorCode::BadRequest, message: e, ref_, seq })
+}
+
+pub fn decode_agent(bytes: &[u8], enc: Encoding) -> Result<(Option<Ref>, AgentCommand), WireError> {
+    let (ref_, _) = envelope(bytes, enc, &AgentCommand::TYPES)?;
+    parse::<AgentFrame>(bytes, enc).map(|f| (f.ref_, f.cmd)).map_err(|e| WireError {
+        code: ErrorCode::BadRequest,
+        message: e,
+        ref_,
+        seq: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::agent::AgentMessage;
+
+    #[test]
+    fn each_kind_of_bad_frame_gets_its_code() {
+        let j = Encoding::Json;
+        let e = decode_agent(b"{not json", j).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_agent(br#"{"type":"teleport","ref":"r9"}"#, j).unwrap_err();
+        assert_eq!((e.code, e.ref_.as_deref()), (ErrorCode::UnknownType, Some("r9")));
+        let e = decode_agent(br#"{"type":"offer.accept","ref":"r1"}"#, j).unwrap_err();
+        assert_eq!((e.code, e.ref_.as_deref()), (ErrorCode::BadRequest, Some("r1")));
+        assert!(e.message.contains("offer_id"), "{}", e.message);
+        let e = decode_agent(br#"{"type":"status.set","status":"sleepy"}"#, j).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_agent(br#"[1,2,3]"#, j).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e =
+            decode_gateway(br#"{"type":"call.inbound","call_id":"c1","to":"+15550100","from":"+1"}"#, j).unwrap_err();
+        assert!(e.message.contains("seq"));
+        let e = decode_gateway(br#"{"type":"call.inbound","seq":4,"to":"+15550100","from":"+1"}"#, j).unwrap_err();
+        assert_eq!(e.seq, Some(4));
+        let e = decode_gateway(br#"{"type":"call.inbound","seq":"four"}"#, j).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn msgpack_and_json_carry_the_same_messages() {
+        let json = br#"{"type":"call.inbound","seq":7,"ref":"x","call_id":"c1","to":"+15550100","from":"+15551230001","priority":3}"#;
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let mp = rmp_serde::to_vec_named(&value).unwrap();
+        assert_eq!(decode_gateway(json, Encoding::Json).unwrap(), decode_gateway(&mp, Encoding::MsgPack).unwrap());
+        let msg = AgentMessage::Pong { ref_: Some("p".into()) };
+        let as_json: serde_json::Value = serde_json::from_slice(&Encoding::Json.encode(&msg).unwrap()).unwrap();
+        let as_mp: serde_json::Value = rmp_serde::from_slice(&Encoding::MsgPack.encode(&msg).unwrap()).unwrap();
+        assert_eq!(as_json, as_mp);
+        // MessagePack positional arrays are refused: maps only.
+        let positional = rmp_serde::to_vec(&("ping",)).unwrap();
+        assert_eq!(decode_agent(&positional, Encoding::MsgPack).unwrap_err().code, ErrorCode::BadRequest);
+    }
+}

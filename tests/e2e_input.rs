@@ -1,0 +1,279 @@
+//! End to end: authentication, encodings, and every kind of bad input. Each
+//! bad frame gets an `error` with the right code and the connection keeps
+//! working; abuse, slow readers and dead peers get disconnected.
+
+mod common;
+
+use common::*;
+use ringline::core::Input;
+use ringline::core::admin::{Actor, AdminCommand};
+use ringline::core::team::Lifecycle;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const N: &str = "+15550100";
+
+fn cfg() -> String {
+    config(&number(N, "ring_all", "", ""))
+}
+
+#[tokio::test]
+async fn tokens_are_checked_before_the_upgrade() {
+    let srv = TestServer::start(&cfg()).await;
+    assert_eq!(Client::connect(srv.addr, "/v1/agent", "", "json").await.unwrap_err(), 401);
+    assert_eq!(Client::connect(srv.addr, "/v1/agent", "wrong", "json").await.unwrap_err(), 401);
+    assert_eq!(Client::connect(srv.addr, "/v1/gateway", "a1-token", "json").await.unwrap_err(), 403);
+    assert_eq!(Client::connect(srv.addr, "/v1/agent", "gw-secret", "json").await.unwrap_err(), 403);
+    assert_eq!(Client::connect(srv.addr, "/v1/agent", "a1-token", "xml").await.unwrap_err(), 400);
+    // The Authorization header works too (for clients that can set it).
+    let mut req = format!("ws://{}/v1/agent", srv.addr).into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", "Bearer a1-token".parse().unwrap());
+    let mut c = Client::connect_request(req, false).await.expect("bearer header accepted");
+    assert_eq!(c.expect("hello").await["user"], "a1");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_deactivated_user_gets_403_and_is_closed() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a1 = srv.agent("a1").await;
+    let app = srv.running.as_ref().unwrap().app.clone();
+    let shard = app.shard_for(&"acme".into()).unwrap().clone();
+    let cmd = AdminCommand::SetLifecycle { user: "a1".into(), lifecycle: Lifecycle::Deactivated };
+    shard.call(&app, Input::Admin { account: "acme".into(), actor: Actor::System, cmd }).await.unwrap();
+    let (code, reason) = a1.expect_close().await.expect("close frame");
+    assert_eq!((code, reason.as_str()), (4003, "user deactivated"));
+    assert_eq!(Client::connect(srv.addr, "/v1/agent", "a1-token", "json").await.unwrap_err(), 403);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bad_agent_frames_get_errors_and_the_connection_keeps_working() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    let cases: Vec<(Message, &str, Option<&str>)> = vec![
+        (Message::Text("{oops".into()), "bad_request", None),
+        (Message::Text("[1,2]".into()), "bad_request", None),
+        (Message::Text(r#"{"ref":"r1"}"#.into()), "bad_request", Some("r1")),
+        (Message::Text(r#"{"type":"fly","ref":"r2"}"#.into()), "unknown_type", Some("r2")),
+        (Message::Text(r#"{"type":"offer.accept","ref":"r3"}"#.into()), "bad_request", Some("r3")),
+        (Message::Text(r#"{"type":"status.set","status":42,"ref":"r4"}"#.into()), "bad_request", Some("r4")),
+        (Message::Text(r#"{"type":"offer.accept","offer_id":"o999","ref":"r5"}"#.into()), "", None),
+        (Message::Binary(vec![0xc1, 0x00].into()), "bad_request", None),
+        (Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000)).into()), "bad_request", None),
+    ];
+    for (frame, code, ref_) in cases {
+        a.send_raw(frame).await;
+        if code.is_empty() {
+            // A stale offer id is not an error: it lost.
+            assert_eq!(a.expect("offer.lost").await["reason"], "gone");
+            continue;
+        }
+        let e = a.expect("error").await;
+        assert_eq!(e["code"], code, "{e}");
+        if let Some(r) = ref_ {
+            assert_eq!(e["ref"], r);
+        }
+    }
+    a.send(json!({"type": "ping", "ref": "alive"})).await;
+    assert_eq!(a.expect("pong").await["ref"], "alive");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn bad_gateway_events_get_errors_with_their_seq() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    let mut check = async |v: Value, code: &str| {
+        let seq = gw.event(v).await;
+        let e = gw.c.expect_where("error", |m| m["type"] == "error").await;
+        assert_eq!((e["code"].as_str(), e["seq"].as_u64()), (Some(code), Some(seq)), "{e}");
+    };
+    check(json!({"type": "call.inbound", "call_id": "c1", "to": "+15559999999", "from": "+1"}), "not_found").await;
+    check(json!({"type": "call.inbound", "call_id": "c1", "to": N, "from": "+1", "priority": 12}), "bad_request").await;
+    check(json!({"type": "call.inbound", "call_id": "~acme.call1", "to": N, "from": "+1"}), "bad_request").await;
+    check(json!({"type": "call.ended", "call_id": "never", "reason": "caller_hangup"}), "not_found").await;
+    check(json!({"type": "call.ended", "call_id": "c1", "reason": "boredom"}), "bad_request").await;
+    check(json!({"type": "callback.result", "callback_id": "nope", "outcome": "connected"}), "not_found").await;
+    check(json!({"type": "teleport.call"}), "unknown_type").await;
+    // Missing seq: the error carries none.
+    gw.c.send(json!({"type": "call.inbound", "call_id": "c9", "to": N, "from": "+1"})).await;
+    let e = gw.expect("error").await;
+    assert!(e["message"].as_str().unwrap().contains("seq"));
+    // Still working.
+    gw.inbound("c2", N).await;
+    gw.expect_for("call.queued", "c2").await;
+    // A repeated event is a no-op that is acked again.
+    gw.acked(json!({"type": "call.inbound", "call_id": "c2", "to": N, "from": "+15551230001"})).await;
+    gw.c.expect_none("call.queued", Duration::from_millis(300)).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn accounts_cannot_reach_each_other() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut other_gw =
+        Gateway { c: Client::connect(srv.addr, "/v1/gateway", "gw-other", "json").await.unwrap(), seq: 0 };
+    // A gateway limited to "other" cannot touch acme's number or calls.
+    let seq = other_gw.event(json!({"type": "call.inbound", "call_id": "x1", "to": N, "from": "+1"})).await;
+    let e = other_gw.expect("error").await;
+    assert_eq!((e["code"].clone(), e["seq"].clone()), (json!("not_found"), json!(seq)));
+    let mut gw = srv.gateway().await;
+    gw.inbound("c1", N).await;
+    other_gw.event(json!({"type": "call.ended", "call_id": "c1", "reason": "caller_hangup"})).await;
+    assert_eq!(other_gw.expect("error").await["code"], "not_found");
+    // An agent of "other" cannot use acme's number or offers.
+    let mut a1 = srv.agent("a1").await;
+    let offer = a1.expect("offer").await;
+    let mut owen = srv.agent("owen").await;
+    owen.send(json!({"type": "offer.accept", "offer_id": offer["offer_id"]})).await;
+    assert_eq!(owen.expect("offer.lost").await["reason"], "gone");
+    owen.send(json!({"type": "call.dial", "from": N, "to": "+15557770000"})).await;
+    assert_eq!(owen.expect("error").await["code"], "not_found");
+    a1.send(json!({"type": "offer.accept", "offer_id": offer["offer_id"]})).await;
+    a1.expect("offer.won").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited_and_the_connection_survives() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    // Burst is 100: ten more than that are refused, not processed.
+    for i in 0..110 {
+        a.send(json!({"type": "ping", "ref": format!("p{i}")})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while let Some(m) = a.next(Duration::from_millis(500)).await {
+        match m["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if m["code"] == "rate_limited" => limited += 1,
+            Some("status") => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pongs >= 100 && (5..=10).contains(&limited), "pongs {pongs}, rate_limited {limited}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.send(json!({"type": "ping", "ref": "after"})).await;
+    assert_eq!(a.expect("pong").await["ref"], "after");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn sustained_bad_input_closes_the_connection() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    for _ in 0..25 {
+        a.send_raw(Message::Text("garbage".into())).await;
+    }
+    let closed = a.expect_close().await;
+    assert_eq!(closed.map(|c| c.0), Some(1008), "20 errors within a minute close the connection");
+    // Others are unaffected.
+    let mut b = srv.agent("a2").await;
+    b.send(json!({"type": "ping"})).await;
+    b.expect("pong").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn frames_past_the_hard_limit_close_the_connection() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    a.send_raw(Message::Text("x".repeat(4096 * 16 + 1).into())).await;
+    assert_eq!(a.expect_close().await.map(|c| c.0), Some(1009));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn msgpack_and_json_carry_the_same_conversation() {
+    async fn conversation(srv: &TestServer, enc: &str, call: &str) -> Vec<Value> {
+        let mut a = Client::connect(srv.addr, "/v1/agent", "a1-token", enc).await.unwrap();
+        let mut gw = Gateway { c: Client::connect(srv.addr, "/v1/gateway", "gw-secret", enc).await.unwrap(), seq: 0 };
+        let hello = a.expect("hello").await;
+        gw.inbound(call, N).await;
+        let offer = a.expect("offer").await;
+        a.send(json!({"type": "offer.accept", "offer_id": offer["offer_id"], "ref": "r"})).await;
+        let won = a.expect("offer.won").await;
+        let bridge = gw.expect_for("call.bridge", call).await;
+        gw.acked(json!({"type": "call.answered", "call_id": call, "agent": "a1"})).await;
+        gw.acked(json!({"type": "call.ended", "call_id": call, "reason": "agent_hangup"})).await;
+        let ended = a.expect("call.ended").await;
+        let mut out = vec![hello, offer, won, bridge, ended];
+        for v in &mut out {
+            v.as_object_mut().unwrap().remove("server_time");
+            v.as_object_mut().unwrap().remove("offer_id");
+            v.as_object_mut().unwrap().remove("call_id");
+        }
+        out
+    }
+    let srv = TestServer::start(&cfg()).await;
+    let json_run = conversation(&srv, "json", "j1").await;
+    let mp_run = conversation(&srv, "msgpack", "m1").await;
+    assert_eq!(json_run, mp_run);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut slow = srv.agent("a1").await;
+    let mut gw = srv.gateway().await;
+    let body = "y".repeat(1500);
+    // Shared-inbox traffic fans out to a1, who never reads it.
+    for i in 0..4000 {
+        gw.event(json!({"type": "message.inbound", "message_id": format!("m{i}"), "to": N, "from": "+15557770000", "body": body})).await;
+    }
+    let mut closed = None;
+    loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut slow.ws)).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                closed = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    let (code, reason) = closed.expect("the server closed the slow client");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("too slow"), "{reason}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let srv = TestServer::start(&cfg()).await;
+    let url = format!("ws://{}/v1/agent?token=a1-token", srv.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    // Never read: pings go unanswered, nothing is sent.
+    let (_sink, stream) = futures_util::StreamExt::split(ws);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut stream = stream;
+    let mut closed = false;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(&mut stream)).await
+    {
+        if matches!(m, Ok(Message::Close(_)) | Err(_)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "no close after {:?}", t0.elapsed());
+    let (status, body) = srv.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("ringline_connections"));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let srv = TestServer::start(&cfg()).await;
+    assert_eq!(srv.http_get("/healthz").await, (200, "ok".into()));
+    assert_eq!(srv.http_get("/readyz").await.0, 200);
+    let addr = srv.addr;
+    srv.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stopped accepting");
+}
