@@ -1,11 +1,16 @@
 //! HTTP routes: the two WebSocket endpoints, health, readiness, metrics.
 
+use super::directory::{AuthError, Identity};
 use super::wire::Encoding;
-use super::{App, agent, gateway};
+use super::{App, admin_http, agent, gateway};
 use crate::config::ServerSettings;
+use crate::core::ids::{AccountId, UserId};
+use crate::core::team::Role;
 use axum::Router;
+use axum::extract::FromRequestParts;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +24,64 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(admin_http::routes())
         .with_state(app)
+}
+
+/// The authenticated user behind an HTTP request (`Authorization: Bearer`).
+/// Missing or unknown token: 401; a user who may not log in: 403; a
+/// gateway token: 403.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub account: AccountId,
+    pub user: UserId,
+    pub role: Role,
+    /// The hash of the token used, for re-authentication checks.
+    pub token_hash: String,
+}
+
+/// A JSON error body: `{"error": {"code", "message"}}` with the matching
+/// HTTP status.
+pub fn error_response(code: crate::protocol::ErrorCode, message: impl Into<String>) -> Response {
+    use crate::protocol::ErrorCode as C;
+    let status = match code {
+        C::BadRequest | C::UnknownType => StatusCode::BAD_REQUEST,
+        C::Unauthorized => StatusCode::UNAUTHORIZED,
+        C::Forbidden => StatusCode::FORBIDDEN,
+        C::NotFound => StatusCode::NOT_FOUND,
+        C::Conflict => StatusCode::CONFLICT,
+        C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = serde_json::json!({ "error": { "code": code, "message": message.into() } });
+    (status, axum::Json(body)).into_response()
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        use crate::protocol::ErrorCode;
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        match app.dir.authenticate(token) {
+            Ok(Identity::User { account, user, role }) => {
+                Ok(Caller { account, user, role, token_hash: super::directory::hash_token(token) })
+            }
+            Ok(Identity::Gateway { .. }) => {
+                Err(error_response(ErrorCode::Forbidden, "gateway tokens cannot use the admin API"))
+            }
+            Err(AuthError::Unknown) => Err(error_response(ErrorCode::Unauthorized, "missing or unknown bearer token")),
+            Err(AuthError::NotActive(l)) => {
+                Err(error_response(ErrorCode::Forbidden, format!("user is {}", l.as_str())))
+            }
+        }
+    }
 }
 
 /// `?token=` and `?encoding=` on WebSocket URLs.

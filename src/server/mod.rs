@@ -6,6 +6,7 @@
 //! the journal after it through the same engines, apply the config file's
 //! provisioning, end the connections that did not survive, then listen.
 
+pub mod admin_http;
 pub mod agent;
 pub mod conn;
 pub mod directory;
