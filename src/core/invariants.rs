@@ -237,6 +237,13 @@ impl View<'_> {
         acc.number(n).targets.iter().map(|&u| acc.user(u).id.clone()).collect()
     }
 
+    /// Numbers the user is assigned to now (history visibility).
+    pub fn assigned_numbers(&self, a: &AccountId, u: &UserId) -> Vec<NumberId> {
+        let Some(acc) = self.account(a) else { return Vec::new() };
+        let Some(u) = acc.user_named(u) else { return Vec::new() };
+        acc.user(u).assigned.iter().map(|&n| acc.number(n).id.clone()).collect()
+    }
+
     /// Numbers that ring this user.
     pub fn serves(&self, a: &AccountId, u: &UserId) -> Vec<NumberId> {
         let Some(acc) = self.account(a) else {

@@ -2,7 +2,7 @@
 
 use super::directory::{AuthError, Identity};
 use super::wire::Encoding;
-use super::{App, admin_http, agent, gateway};
+use super::{App, admin_http, agent, gateway, history_http};
 use crate::config::ServerSettings;
 use crate::core::ids::{AccountId, UserId};
 use crate::core::team::Role;
@@ -25,6 +25,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin_http::routes())
+        .merge(history_http::routes())
         .with_state(app)
 }
 

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod conn;
 pub mod directory;
 pub mod gateway;
+pub mod history_http;
 pub mod http;
 pub mod shard;
 pub mod wire;
@@ -18,7 +19,7 @@ pub mod wire;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::ids::{AccountId, ConnId};
-use crate::core::{Engine, Input, Output};
+use crate::core::{Engine, Input, Instant, Output};
 use crate::protocol::gateway::GatewayCommand;
 use crate::store::{History, JournalHandle, Store, StoreConfig};
 use conn::Outbound;
@@ -307,6 +308,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
 
     let router = http::router(app.clone());
     let snapshots = tokio::spawn(snapshot_loop(app.clone()));
+    let retention = tokio::spawn(retention_loop(app.clone()));
     let serve_app = app.clone();
     let mut stop_rx = stop_tx.subscribe();
     let task = tokio::spawn(async move {
@@ -320,6 +322,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         }
         serve_app.ready.store(false, Ordering::Release);
         snapshots.abort();
+        retention.abort();
         // Connections were told to close by the shutdown signal; give their
         // writers a moment to send the close frames.
         let deadline = Clock::tokio_now() + std::time::Duration::from_secs(2);
@@ -414,6 +417,26 @@ async fn snapshot_loop(app: Arc<App>) {
             continue;
         }
         last = seq;
+    }
+}
+
+/// Once an hour (and at start), history older than `history_retention` is
+/// deleted. The journal is bounded by snapshots, not by this.
+async fn retention_loop(app: Arc<App>) {
+    let keep = app.config.server.history_retention;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = app.clock.now();
+        let cutoff =
+            Instant::from_micros(now.as_micros().saturating_sub(u64::try_from(keep.as_micros()).unwrap_or(u64::MAX)));
+        let history = app.history.clone();
+        match tokio::task::spawn_blocking(move || history.purge_history_before(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "history older than the retention period deleted"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("history purge failed: {e}"),
+            Err(e) => tracing::error!("history purge task failed: {e}"),
+        }
     }
 }
 

@@ -194,6 +194,60 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Any HTTP/1.1 request with an optional bearer token and body
+/// (`content_type`, text); returns (status, body).
+pub async fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, String)>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = match body {
+        Some((ct, b)) => {
+            req += &format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len());
+            b
+        }
+        None => String::new(),
+    };
+    req += "\r\n";
+    req += &body;
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    // Chunked bodies (axum streams some): join the chunks.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// GET with a bearer token, parsed as JSON.
+pub async fn get_json(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    let (status, body) = http_call(addr, "GET", path, Some(token), None).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 #[derive(Debug)]

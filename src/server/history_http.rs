@@ -1,0 +1,279 @@
+//! History over HTTP: `GET /v1/calls`, `GET /v1/numbers/{number}/messages`,
+//! `GET /v1/voicemails`. Visibility is the store's (applied in SQL); the
+//! shell only says who is asking and which numbers it is assigned to now.
+//!
+//! Query parameters: `number`, `since` and `until` (RFC 3339; `since`
+//! inclusive, `until` exclusive), `outcome` (calls), `cursor` (opaque, from
+//! the previous page's `next_cursor`), `limit` (default 50, at most 500).
+//! Answers are newest first: `{"items": [...], "next_cursor": "..."|null}`.
+
+use super::App;
+use super::http::{Caller, error_response};
+use crate::core::history::{CallRecord, MessageRecord, VoicemailRecord};
+use crate::core::ids::NumberId;
+use crate::core::time::{Instant, Timestamp};
+use crate::protocol::ErrorCode;
+use crate::store::{CallQuery, MessageQuery, MessageView, Page, StoreError, Viewer, VoicemailQuery};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/calls", get(calls))
+        .route("/v1/numbers/{number}/messages", get(messages))
+        .route("/v1/voicemails", get(voicemails))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    number: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    outcome: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+fn time(s: &Option<String>, what: &str) -> Result<Option<Instant>, Response> {
+    match s {
+        None => Ok(None),
+        Some(s) => humantime::parse_rfc3339_weak(s)
+            .map(|t| Some(Instant::from_system(t)))
+            .map_err(|e| error_response(ErrorCode::BadRequest, format!("{what} must be an RFC 3339 time: {e}"))),
+    }
+}
+
+async fn viewer(app: &Arc<App>, caller: &Caller) -> Result<Viewer, Response> {
+    let shard = app.shard_for(&caller.account).ok_or_else(|| error_response(ErrorCode::Unavailable, "no shard"))?;
+    let (account, user) = (caller.account.clone(), caller.user.clone());
+    let assigned = shard
+        .query(move |e| e.inspect().assigned_numbers(&account, &user))
+        .await
+        .ok_or_else(|| error_response(ErrorCode::Unavailable, "shutting down"))?;
+    Ok(Viewer {
+        account: caller.account.clone(),
+        user: caller.user.clone(),
+        manager: caller.role.is_manager(),
+        assigned,
+    })
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::BadCursor(m) => error_response(ErrorCode::BadRequest, format!("bad cursor: {m}")),
+        other => error_response(ErrorCode::Unavailable, format!("history unavailable: {other}")),
+    }
+}
+
+/// History queries block on SQLite: off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(store_error),
+        Err(e) => Err(error_response(ErrorCode::Unavailable, format!("query failed: {e}"))),
+    }
+}
+
+#[derive(Serialize)]
+struct PageView<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+fn page<R, V>(p: Page<R>, f: impl Fn(R) -> V) -> Json<PageView<V>> {
+    Json(PageView { items: p.items.into_iter().map(f).collect(), next_cursor: p.next_cursor })
+}
+
+async fn calls(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Response {
+    let p = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    };
+    let q = match (|| {
+        Ok::<_, Response>(CallQuery {
+            number: p.number.clone().map(NumberId::from),
+            since: time(&p.since, "since")?,
+            until: time(&p.until, "until")?,
+            outcome: p.outcome.clone(),
+            cursor: p.cursor.clone(),
+            limit: p.limit,
+        })
+    })() {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let viewer = match viewer(&app, &caller).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let history = app.history.clone();
+    match blocking(move || history.calls(&viewer, &q)).await {
+        Ok(p) => page(p, CallView::from).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn messages(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(number): Path<String>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Response {
+    let p = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    };
+    let (since, until) = match (time(&p.since, "since"), time(&p.until, "until")) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let q = MessageQuery { since, until, cursor: p.cursor, limit: p.limit };
+    let viewer = match viewer(&app, &caller).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let history = app.history.clone();
+    let number = NumberId::from(number);
+    match blocking(move || history.messages(&viewer, &number, &q)).await {
+        Ok(p) => page(p, MessageOut::from).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn voicemails(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Response {
+    let p = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    };
+    let (since, until) = match (time(&p.since, "since"), time(&p.until, "until")) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let q = VoicemailQuery { number: p.number.map(NumberId::from), since, until, cursor: p.cursor, limit: p.limit };
+    let viewer = match viewer(&app, &caller).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let history = app.history.clone();
+    match blocking(move || history.voicemails(&viewer, &q)).await {
+        Ok(p) => page(p, VoicemailOut::from).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A call record as the API shows it: RFC 3339 times, `_ms` durations.
+#[derive(Serialize)]
+struct CallView {
+    id: String,
+    kind: crate::core::history::CallKind,
+    number: NumberId,
+    from: crate::core::ids::Phone,
+    to: crate::core::ids::Phone,
+    priority: u8,
+    rung: Vec<crate::core::ids::UserId>,
+    answered_by: Option<crate::core::ids::UserId>,
+    placed_by: Option<crate::core::ids::UserId>,
+    #[serde(flatten)]
+    outcome: crate::core::history::Outcome,
+    origin_call: Option<crate::core::ids::CallId>,
+    dial_call: Option<crate::core::ids::CallId>,
+    attempts: u32,
+    started_at: Timestamp,
+    answered_at: Option<Timestamp>,
+    ended_at: Timestamp,
+    wait_ms: u64,
+    talk_ms: u64,
+}
+
+impl From<CallRecord> for CallView {
+    fn from(c: CallRecord) -> Self {
+        CallView {
+            id: c.id,
+            kind: c.kind,
+            number: c.number,
+            from: c.from,
+            to: c.to,
+            priority: c.priority,
+            rung: c.rung,
+            answered_by: c.answered_by,
+            placed_by: c.placed_by,
+            outcome: c.outcome,
+            origin_call: c.origin_call,
+            dial_call: c.dial_call,
+            attempts: c.attempts,
+            started_at: Timestamp(c.started_at),
+            answered_at: c.answered_at.map(Timestamp),
+            ended_at: Timestamp(c.ended_at),
+            wait_ms: c.wait_ms,
+            talk_ms: c.talk_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MessageOut {
+    message_id: crate::core::ids::MessageId,
+    number: NumberId,
+    direction: crate::protocol::agent::Direction,
+    from: crate::core::ids::Phone,
+    to: crate::core::ids::Phone,
+    body: String,
+    at: Timestamp,
+    sent_by: Option<crate::core::ids::UserId>,
+    status: Option<crate::protocol::gateway::DeliveryStatus>,
+}
+
+impl From<MessageView> for MessageOut {
+    fn from(v: MessageView) -> Self {
+        let m: MessageRecord = v.message;
+        MessageOut {
+            message_id: m.id,
+            number: m.number,
+            direction: m.direction,
+            from: m.from,
+            to: m.to,
+            body: m.body,
+            at: Timestamp(m.at),
+            sent_by: m.sent_by,
+            status: v.status,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct VoicemailOut {
+    call_id: crate::core::ids::CallId,
+    number: NumberId,
+    from: crate::core::ids::Phone,
+    url: String,
+    duration_ms: u64,
+    at: Timestamp,
+}
+
+impl From<VoicemailRecord> for VoicemailOut {
+    fn from(v: VoicemailRecord) -> Self {
+        VoicemailOut {
+            call_id: v.call_id,
+            number: v.number,
+            from: v.from,
+            url: v.url,
+            duration_ms: v.duration_ms,
+            at: Timestamp(v.at),
+        }
+    }
+}

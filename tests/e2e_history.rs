@@ -1,0 +1,130 @@
+//! End to end: call history, messages and voicemails over HTTP, with the
+//! visibility rules applied to real users.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+const N: &str = "+15550100";
+const ONLY_A4: &str = "+15550111";
+
+/// +15550100: a1..a3 and sam assigned; routing targets a1..a3.
+/// +15550111: assigned a1 only, but its routing target is a4 (not assigned).
+fn cfg() -> String {
+    let mut numbers = number(N, "ring_in_order", "", "max_wait = \"1s\"");
+    numbers += r#"
+[[accounts.numbers]]
+number = "+15550111"
+name = "Escalations"
+assigned = ["a1"]
+
+[accounts.numbers.routing]
+strategy = "ring_all"
+targets = ["a4"]
+"#;
+    config(&numbers)
+}
+
+fn ids(v: &Value) -> BTreeSet<String> {
+    v["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
+}
+
+async fn answered_call(gw: &mut Gateway, agent: &mut Client, call: &str, to: &str, who: &str) {
+    gw.inbound(call, to).await;
+    agent.accept_next().await;
+    gw.expect_for("call.bridge", call).await;
+    gw.acked(json!({"type": "call.answered", "call_id": call, "agent": who})).await;
+    gw.acked(json!({"type": "call.ended", "call_id": call, "reason": "agent_hangup"})).await;
+    agent.expect("call.ended").await;
+}
+
+#[tokio::test]
+async fn history_follows_the_visibility_rules() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    let mut a1 = srv.agent("a1").await;
+    let mut a4 = srv.agent("a4").await;
+    answered_call(&mut gw, &mut a1, "visible", N, "a1").await;
+    // Handled by a4, a routing target not assigned to the number.
+    answered_call(&mut gw, &mut a4, "escalated", ONLY_A4, "a4").await;
+    // An outbound call placed by olga, who only has caller-id access.
+    let mut olga = srv.agent("olga").await;
+    olga.send(json!({"type": "call.dial", "from": N, "to": "+15557770000"})).await;
+    let dial = olga.expect("call.dialing").await["call_id"].as_str().unwrap().to_string();
+    gw.acked(json!({"type": "call.answered", "call_id": dial, "agent": "olga"})).await;
+    gw.acked(json!({"type": "call.ended", "call_id": dial, "reason": "agent_hangup"})).await;
+    // A caller nobody answered: voicemail after max_wait, then a recording.
+    drop(a1);
+    gw.inbound("vm", N).await;
+    gw.expect_for("call.voicemail", "vm").await;
+    gw.acked(json!({"type": "call.ended", "call_id": "vm", "reason": "voicemail_done"})).await;
+    gw.acked(
+        json!({"type": "voicemail.recorded", "call_id": "vm", "url": "https://vm.test/vm.wav", "duration_ms": 9000}),
+    )
+    .await;
+    gw.acked(json!({"type": "message.inbound", "message_id": "sms1", "to": N, "from": "+15557770000", "body": "hi"}))
+        .await;
+
+    let all: BTreeSet<String> = ["visible", "escalated", "vm", dial.as_str()].iter().map(|s| s.to_string()).collect();
+    let cases: [(&str, BTreeSet<String>); 6] = [
+        ("alice", all.clone()),
+        ("a1", ["visible", "vm"].iter().map(|s| s.to_string()).collect()),
+        ("a2", ["visible", "vm"].iter().map(|s| s.to_string()).collect()),
+        ("a4", ["escalated"].iter().map(|s| s.to_string()).collect()),
+        ("olga", [dial.clone()].into_iter().collect()),
+        ("owen", BTreeSet::new()),
+    ];
+    for (user, want) in cases {
+        let (status, body) = get_json(srv.addr, "/v1/calls", &format!("{user}-token")).await;
+        assert_eq!(status, 200, "{user}: {body}");
+        assert_eq!(ids(&body), want, "what {user} sees");
+    }
+    let (_, vms) = get_json(srv.addr, "/v1/voicemails", "a2-token").await;
+    assert_eq!(vms["items"][0]["url"], "https://vm.test/vm.wav");
+    assert_eq!(get_json(srv.addr, "/v1/voicemails", "a4-token").await.1["items"], json!([]));
+    let (_, msgs) = get_json(srv.addr, &format!("/v1/numbers/{N}/messages"), "a3-token").await;
+    assert_eq!(msgs["items"][0]["body"], "hi");
+    assert_eq!(get_json(srv.addr, &format!("/v1/numbers/{N}/messages"), "owen-token").await.1["items"], json!([]));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn history_filters_pages_and_refuses_bad_requests() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    for i in 0..7 {
+        gw.inbound(&format!("c{i}"), N).await;
+        gw.acked(json!({"type": "call.ended", "call_id": format!("c{i}"), "reason": "caller_hangup"})).await;
+    }
+    let mut seen = BTreeSet::new();
+    let mut path = "/v1/calls?limit=3".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, body) = get_json(srv.addr, &path, "alice-token").await;
+        assert_eq!(status, 200);
+        for id in ids(&body) {
+            assert!(seen.insert(id), "no duplicates across pages");
+        }
+        pages += 1;
+        match body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/calls?limit=3&cursor={}", c.replace(':', "%3A").replace('~', "%7E")),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (7, 3));
+    let (_, body) = get_json(srv.addr, "/v1/calls?outcome=abandoned&number=%2B15550100", "alice-token").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 7);
+    assert_eq!(body["items"][0]["outcome"], "abandoned");
+    let (_, body) = get_json(srv.addr, "/v1/calls?outcome=answered", "alice-token").await;
+    assert_eq!(body["items"], json!([]));
+    let (_, body) = get_json(srv.addr, "/v1/calls?since=2999-01-01T00:00:00Z", "alice-token").await;
+    assert_eq!(body["items"], json!([]));
+    assert_eq!(get_json(srv.addr, "/v1/calls?since=yesterday", "alice-token").await.0, 400);
+    assert_eq!(get_json(srv.addr, "/v1/calls?cursor=garbage", "alice-token").await.0, 400);
+    assert_eq!(get_json(srv.addr, "/v1/calls?limit=lots", "alice-token").await.0, 400);
+    assert_eq!(http_call(srv.addr, "GET", "/v1/calls", None, None).await.0, 401);
+    assert_eq!(http_call(srv.addr, "GET", "/v1/calls", Some("gw-secret"), None).await.0, 403);
+    srv.stop().await;
+}
