@@ -28,7 +28,7 @@ targets = ["a4"]
 }
 
 fn ids(v: &Value) -> BTreeSet<String> {
-    v["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect()
+    v["items"].as_array().expect("items").iter().map(|c| c["id"].as_str().expect("id").to_string()).collect()
 }
 
 async fn answered_call(gw: &mut Gateway, agent: &mut Client, call: &str, to: &str, who: &str) {

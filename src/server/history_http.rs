@@ -8,7 +8,7 @@
 //! Answers are newest first: `{"items": [...], "next_cursor": "..."|null}`.
 
 use super::App;
-use super::http::{Caller, error_response};
+use super::http::{ApiError, Caller};
 use crate::core::history::{CallRecord, MessageRecord, VoicemailRecord};
 use crate::core::ids::NumberId;
 use crate::core::time::{Instant, Timestamp};
@@ -16,7 +16,6 @@ use crate::protocol::ErrorCode;
 use crate::store::{CallQuery, MessageQuery, MessageView, Page, StoreError, Viewer, VoicemailQuery};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -40,22 +39,26 @@ pub struct HistoryParams {
     limit: Option<u32>,
 }
 
-fn time(s: &Option<String>, what: &str) -> Result<Option<Instant>, Response> {
+fn time(s: &Option<String>, what: &str) -> Result<Option<Instant>, ApiError> {
     match s {
         None => Ok(None),
         Some(s) => humantime::parse_rfc3339_weak(s)
             .map(|t| Some(Instant::from_system(t)))
-            .map_err(|e| error_response(ErrorCode::BadRequest, format!("{what} must be an RFC 3339 time: {e}"))),
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{what} must be an RFC 3339 time: {e}"))),
     }
 }
 
-async fn viewer(app: &Arc<App>, caller: &Caller) -> Result<Viewer, Response> {
-    let shard = app.shard_for(&caller.account).ok_or_else(|| error_response(ErrorCode::Unavailable, "no shard"))?;
+fn params(p: Result<Query<HistoryParams>, QueryRejection>) -> Result<HistoryParams, ApiError> {
+    p.map(|Query(p)| p).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+}
+
+async fn viewer(app: &Arc<App>, caller: &Caller) -> Result<Viewer, ApiError> {
+    let shard = app.shard_for(&caller.account).ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "no shard"))?;
     let (account, user) = (caller.account.clone(), caller.user.clone());
     let assigned = shard
         .query(move |e| e.inspect().assigned_numbers(&account, &user))
         .await
-        .ok_or_else(|| error_response(ErrorCode::Unavailable, "shutting down"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "shutting down"))?;
     Ok(Viewer {
         account: caller.account.clone(),
         user: caller.user.clone(),
@@ -64,20 +67,20 @@ async fn viewer(app: &Arc<App>, caller: &Caller) -> Result<Viewer, Response> {
     })
 }
 
-fn store_error(e: StoreError) -> Response {
+fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::BadCursor(m) => error_response(ErrorCode::BadRequest, format!("bad cursor: {m}")),
-        other => error_response(ErrorCode::Unavailable, format!("history unavailable: {other}")),
+        StoreError::BadCursor(m) => ApiError::new(ErrorCode::BadRequest, format!("bad cursor: {m}")),
+        other => ApiError::new(ErrorCode::Unavailable, format!("history unavailable: {other}")),
     }
 }
 
 /// History queries block on SQLite: off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(store_error),
-        Err(e) => Err(error_response(ErrorCode::Unavailable, format!("query failed: {e}"))),
+        Err(e) => Err(ApiError::new(ErrorCode::Unavailable, format!("query failed: {e}"))),
     }
 }
 
@@ -94,86 +97,57 @@ fn page<R, V>(p: Page<R>, f: impl Fn(R) -> V) -> Json<PageView<V>> {
 async fn calls(
     State(app): State<Arc<App>>,
     caller: Caller,
-    params: Result<Query<HistoryParams>, QueryRejection>,
-) -> Response {
-    let p = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    p: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<PageView<CallView>>, ApiError> {
+    let p = params(p)?;
+    let q = CallQuery {
+        number: p.number.map(NumberId::from),
+        since: time(&p.since, "since")?,
+        until: time(&p.until, "until")?,
+        outcome: p.outcome,
+        cursor: p.cursor,
+        limit: p.limit,
     };
-    let q = match (|| {
-        Ok::<_, Response>(CallQuery {
-            number: p.number.clone().map(NumberId::from),
-            since: time(&p.since, "since")?,
-            until: time(&p.until, "until")?,
-            outcome: p.outcome.clone(),
-            cursor: p.cursor.clone(),
-            limit: p.limit,
-        })
-    })() {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let viewer = match viewer(&app, &caller).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let viewer = viewer(&app, &caller).await?;
     let history = app.history.clone();
-    match blocking(move || history.calls(&viewer, &q)).await {
-        Ok(p) => page(p, CallView::from).into_response(),
-        Err(r) => r,
-    }
+    Ok(page(blocking(move || history.calls(&viewer, &q)).await?, CallView::from))
 }
 
 async fn messages(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(number): Path<String>,
-    params: Result<Query<HistoryParams>, QueryRejection>,
-) -> Response {
-    let p = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    p: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<PageView<MessageOut>>, ApiError> {
+    let p = params(p)?;
+    let q = MessageQuery {
+        since: time(&p.since, "since")?,
+        until: time(&p.until, "until")?,
+        cursor: p.cursor,
+        limit: p.limit,
     };
-    let (since, until) = match (time(&p.since, "since"), time(&p.until, "until")) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let q = MessageQuery { since, until, cursor: p.cursor, limit: p.limit };
-    let viewer = match viewer(&app, &caller).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let viewer = viewer(&app, &caller).await?;
     let history = app.history.clone();
     let number = NumberId::from(number);
-    match blocking(move || history.messages(&viewer, &number, &q)).await {
-        Ok(p) => page(p, MessageOut::from).into_response(),
-        Err(r) => r,
-    }
+    Ok(page(blocking(move || history.messages(&viewer, &number, &q)).await?, MessageOut::from))
 }
 
 async fn voicemails(
     State(app): State<Arc<App>>,
     caller: Caller,
-    params: Result<Query<HistoryParams>, QueryRejection>,
-) -> Response {
-    let p = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return error_response(ErrorCode::BadRequest, e.body_text()),
+    p: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<PageView<VoicemailOut>>, ApiError> {
+    let p = params(p)?;
+    let q = VoicemailQuery {
+        number: p.number.map(NumberId::from),
+        since: time(&p.since, "since")?,
+        until: time(&p.until, "until")?,
+        cursor: p.cursor,
+        limit: p.limit,
     };
-    let (since, until) = match (time(&p.since, "since"), time(&p.until, "until")) {
-        (Ok(s), Ok(u)) => (s, u),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let q = VoicemailQuery { number: p.number.map(NumberId::from), since, until, cursor: p.cursor, limit: p.limit };
-    let viewer = match viewer(&app, &caller).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let viewer = viewer(&app, &caller).await?;
     let history = app.history.clone();
-    match blocking(move || history.voicemails(&viewer, &q)).await {
-        Ok(p) => page(p, VoicemailOut::from).into_response(),
-        Err(r) => r,
-    }
+    Ok(page(blocking(move || history.voicemails(&viewer, &q)).await?, VoicemailOut::from))
 }
 
 /// A call record as the API shows it: RFC 3339 times, `_ms` durations.

@@ -58,6 +58,28 @@ pub fn error_response(code: crate::protocol::ErrorCode, message: impl Into<Strin
     (status, axum::Json(body)).into_response()
 }
 
+/// An API error: becomes [`error_response`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError(pub crate::protocol::ErrorCode, pub String);
+
+impl ApiError {
+    pub fn new(code: crate::protocol::ErrorCode, message: impl Into<String>) -> Self {
+        ApiError(code, message.into())
+    }
+}
+
+impl From<crate::core::CoreError> for ApiError {
+    fn from(e: crate::core::CoreError) -> Self {
+        ApiError(e.code, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.0, self.1)
+    }
+}
+
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = Response;
 
