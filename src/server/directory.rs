@@ -130,6 +130,10 @@ impl Directory {
         self.routes.get(key).map(|e| e.value().clone())
     }
 
+    pub fn bind(&self, key: RouteKey, account: &AccountId) {
+        self.routes.insert(key, account.clone());
+    }
+
     pub fn apply(&self, change: &DirectoryChange) {
         match change {
             DirectoryChange::Bind { account, key } => {

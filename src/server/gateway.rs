@@ -135,6 +135,14 @@ async fn run(
                         if let Some(call) = call_of(&frame.event) {
                             app.dir.call_gateway.insert(call.clone(), name.clone());
                         }
+                        // Events about a new call may follow it on this
+                        // connection before its shard has bound the id:
+                        // bind it here so they route (the shard's bind is
+                        // the same, and an unknown id still gets not_found
+                        // from the engine).
+                        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event {
+                            app.dir.bind(RouteKey::Call(call_id.clone()), &account);
+                        }
                         let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
                         shard.input(Input::Gateway { account, event: frame.event }, Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ });
                         Ok(())
