@@ -304,15 +304,17 @@ impl Billing {
 
 impl Config {
     /// The admin inputs that make the engine match the file: per account in
-    /// file order, its plan, then each user, then each number. Every command
-    /// is an upsert (created when missing, updated when present), so
-    /// applying them at every start is safe; what was created at run time
-    /// and is not in the file is left alone.
+    /// file order, its plan, the `[billing]` price table, then each user,
+    /// then each number. Every command is an upsert (created when missing,
+    /// updated when present), so applying them at every start is safe; what
+    /// was created at run time and is not in the file is left alone, and
+    /// what the admin API changed wins (see `core::admin`).
     pub fn provisioning(&self) -> Vec<Input> {
         let mut out = Vec::new();
         for account in &self.accounts {
             let admin = |cmd| Input::Admin { account: account.id.clone(), actor: Actor::System, cmd };
             out.push(admin(AdminCommand::SetPlan { plan: account.plan }));
+            out.push(admin(AdminCommand::SetPrices { prices: self.billing.clone() }));
             for user in &account.users {
                 out.push(admin(AdminCommand::UpsertUser {
                     user: user.id.clone(),
@@ -1125,6 +1127,7 @@ assigned = ["gina"]
         };
         let expected = vec![
             admin(AdminCommand::SetPlan { plan: Plan::Team }),
+            admin(AdminCommand::SetPrices { prices: c.billing.clone() }),
             user("alice", Role::Owner, Some("alice-token")),
             user("bob", Role::Agent, Some("bob-token")),
             user("carol", Role::Agent, None),
@@ -1180,7 +1183,7 @@ assigned = ["gina"]
         // The commented-out [server] and [billing] are the defaults.
         assert_eq!(c.server, ServerSettings::default());
         assert_eq!(c.billing, Billing::default());
-        assert_eq!(c.provisioning().len(), 1 + 7 + 4);
+        assert_eq!(c.provisioning().len(), 2 + 7 + 4);
     }
 
     #[test]

@@ -377,14 +377,18 @@ impl Account {
     }
 
     /// Monitoring and live queue stats: supervisors on Pro, admins, owner.
+    /// The rule is the permission matrix's (`Role::may`); this adds the
+    /// messages.
     pub(crate) fn require_supervision(&self, u: UserIx) -> Result<(), CoreError> {
-        use super::team::Role;
-        match self.user(u).role {
-            Role::Owner | Role::Admin => Ok(()),
-            Role::Supervisor if self.plan.has_supervisors() => Ok(()),
-            Role::Supervisor => Err(CoreError::forbidden("supervisor features need the pro plan")),
-            Role::Agent => Err(CoreError::forbidden("supervisors, admins and the owner only")),
+        use super::team::{Action, Role};
+        let role = self.user(u).role;
+        if role.may(Action::Supervise, self.plan) {
+            return Ok(());
         }
+        Err(match role {
+            Role::Supervisor => CoreError::forbidden("supervisor features need the pro plan"),
+            _ => CoreError::forbidden("supervisors, admins and the owner only"),
+        })
     }
 }
 

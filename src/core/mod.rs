@@ -12,6 +12,7 @@
 pub mod account;
 pub mod admin;
 pub mod announce;
+pub mod billing;
 pub mod call;
 pub mod callback;
 pub mod dispatch;
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod inbox;
 pub mod input;
 pub mod invariants;
+pub mod invite;
 pub mod number;
 pub mod offer;
 pub mod output;
@@ -36,6 +38,7 @@ pub mod testkit;
 pub mod time;
 pub mod timers;
 pub mod user;
+pub mod views;
 
 use account::Account;
 pub use admin::{Actor, AdminCommand, NumberSpec};
@@ -390,6 +393,7 @@ impl Account {
             Timer::Announce(n) => self.sweep(n),
             Timer::StatsFlush => self.flush_stats(),
             Timer::ForgetRecent => self.forget_recent(),
+            Timer::BillingRenewal => self.renew_billing(),
         }
     }
 

@@ -17,6 +17,8 @@ pub(crate) enum Timer {
     Announce(NumberIx),
     StatsFlush,
     ForgetRecent,
+    /// The account's billing cycle ends: invoice and start the next one.
+    BillingRenewal,
 }
 
 /// Identifies one armed timer, for cancelling it.

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod history_http;
 pub mod http;
 pub mod shard;
+pub mod tokens;
 pub mod wire;
 
 use crate::clock::Clock;

@@ -408,3 +408,64 @@ impl Gateway {
         self.c.expect_where(&format!("{ty} for {call}"), |m| m["type"] == ty && m["call_id"] == call).await
     }
 }
+
+/// A minimal HTTP/1.1 request over a fresh connection: any method, an
+/// optional bearer token, an optional `(content type, body)`. Returns the
+/// status and the body (chunked bodies decoded).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &str)>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let (content_type, text) = body.unwrap_or(("", ""));
+    if body.is_some() {
+        req += &format!("Content-Type: {content_type}\r\n");
+    }
+    req += &format!("Content-Length: {}\r\n\r\n{text}", text.len());
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out += &after[..n];
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    (status, out)
+}
+
+/// JSON in, JSON out: `Value::Null` for an empty or non-JSON answer.
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let text = body.map(Value::to_string);
+    let (status, answer) =
+        http_request(addr, method, path, token, text.as_deref().map(|t| ("application/json", t))).await;
+    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+}
