@@ -104,6 +104,17 @@ pub struct ConnRx {
     kill: watch::Receiver<Option<CloseRequest>>,
 }
 
+impl ConnRx {
+    /// The next queued message (tests observe deliveries this way).
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// Writes queued messages until the connection is closed; sends a ping
 /// every `ping_every`. Returns why it stopped.
 pub async fn write_loop(

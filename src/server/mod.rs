@@ -227,6 +227,34 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// An app with its shards running but no listener, for tests that drive
+/// shards directly (e.g. under tokio's paused clock).
+pub async fn app_without_listener(config: Config, data_dir: PathBuf) -> Result<(Arc<App>, Store), StartError> {
+    let shards = config.server.shards.max(1);
+    let store = Store::open(StoreConfig::new(&data_dir))?.0;
+    let (_stop, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        journal: store.journal(),
+        history: store.history(),
+        dir: Directory::new(shards, config.gateways.clone()),
+        config,
+        shards: OnceLock::new(),
+        metrics: metrics_handle(),
+        clock: Clock::start(Instant::EPOCH),
+        next_conn: AtomicU64::new(1),
+        ready: AtomicBool::new(true),
+        pending: DashMap::new(),
+        shutdown: stop_rx,
+    });
+    let handles = (0..shards).map(|i| shard::spawn(i, Engine::new(), 0, app.clone()).0).collect();
+    let _ = app.shards.set(handles);
+    for input in app.config.provisioning() {
+        let Some(shard) = input.account().and_then(|a| app.shard_for(a)).cloned() else { continue };
+        shard.call(&app, input).await.map_err(|e| StartError::Provisioning(e.to_string()))?;
+    }
+    Ok((app, store))
+}
+
 /// Recovers state and starts listening. Returns once the server accepts
 /// connections.
 pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {

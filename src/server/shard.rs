@@ -276,3 +276,146 @@ fn metrics_for_record(record: &crate::core::history::Record) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::core::ids::{ConnId, UserId};
+    use crate::protocol::agent::RevokeReason;
+    use crate::server::conn::{ConnHandle, ConnKind, ConnRx};
+    use crate::server::wire::Encoding;
+    use std::time::Duration;
+
+    const CONFIG: &str = r#"
+[[gateways]]
+name = "gw"
+token = "gw"
+
+[[accounts]]
+id = "acme"
+plan = "team"
+
+[[accounts.users]]
+id = "alice"
+email = "alice@acme.test"
+role = "owner"
+
+[[accounts.users]]
+id = "bob"
+email = "bob@acme.test"
+role = "agent"
+
+[[accounts.numbers]]
+number = "+15550100"
+name = "Support"
+assigned = ["bob"]
+
+[accounts.numbers.routing]
+ring_timeout = "2s"
+
+[accounts.numbers.queue]
+announce_every = "30s"
+"#;
+
+    /// A softphone of `user` whose deliveries the test reads.
+    fn device(app: &App, user: &str, conn: u64) -> ConnRx {
+        let id = ConnId(conn);
+        let kind = ConnKind::Agent { account: "acme".into(), user: user.into() };
+        let (h, rx) = ConnHandle::new(id, kind, Encoding::Json, 64);
+        app.dir.conns.insert(id, h);
+        app.dir.user_conns.entry(("acme".into(), UserId::from(user))).or_default().push(id);
+        rx
+    }
+
+    fn agent_msgs(rx: &mut ConnRx) -> Vec<AgentMessage> {
+        let mut out = Vec::new();
+        while let Some(o) = rx.try_recv() {
+            if let Outbound::Agent { msg, .. } = o {
+                out.push((*msg).clone());
+            }
+        }
+        out
+    }
+
+    /// Lets the shard task run without moving the clock.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ring_timeouts_fire_exactly_on_time() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).expect("config");
+        let (app, _store) = crate::server::app_without_listener(cfg, dir.path().to_owned()).await.expect("app");
+        let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+        let mut bob = device(&app, "bob", 7);
+        shard.input(Input::Connect { account: "acme".into(), user: "bob".into(), conn: ConnId(7) }, Origin::None);
+        let event = GatewayEvent::CallInbound {
+            call_id: "c1".into(),
+            to: "+15550100".into(),
+            from: "+1555".into(),
+            priority: None,
+        };
+        shard.input(Input::Gateway { account: "acme".into(), event }, Origin::None);
+        settle().await;
+        assert!(agent_msgs(&mut bob).iter().any(|m| matches!(m, AgentMessage::Offer { .. })));
+        let t0 = Clock::tokio_now();
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        settle().await;
+        assert!(agent_msgs(&mut bob).iter().all(|m| !matches!(m, AgentMessage::OfferRevoked { .. })), "not before 2s");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        let msgs = agent_msgs(&mut bob);
+        assert!(
+            msgs.iter().any(|m| matches!(m, AgentMessage::OfferRevoked { reason: RevokeReason::Expired, .. })),
+            "revoked at {:?}: {msgs:?}",
+            Clock::tokio_now() - t0
+        );
+        // Alone on the number, bob is rung again right away (a new cycle).
+        assert!(msgs.iter().any(|m| matches!(m, AgentMessage::Offer { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn announcements_fire_on_their_period() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).expect("config");
+        let (app, _store) = crate::server::app_without_listener(cfg, dir.path().to_owned()).await.expect("app");
+        let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+        let id = ConnId(9);
+        let (gw, mut rx) = ConnHandle::new(id, ConnKind::Gateway { name: "gw".into() }, Encoding::Json, 64);
+        app.dir.conns.insert(id, gw.clone());
+        app.dir.gateways_live.insert("gw".into(), gw);
+        let event = GatewayEvent::CallInbound {
+            call_id: "c1".into(),
+            to: "+15550100".into(),
+            from: "+1555".into(),
+            priority: None,
+        };
+        shard.input(Input::Gateway { account: "acme".into(), event }, Origin::None);
+        settle().await;
+        let count = |rx: &mut ConnRx| {
+            let mut n = 0;
+            while let Some(o) = rx.try_recv() {
+                if let Outbound::Gateway { cmd, .. } = o
+                    && matches!(*cmd, GatewayCommand::CallAnnounce { .. })
+                {
+                    n += 1;
+                }
+            }
+            n
+        };
+        count(&mut rx);
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 0, "not before 30s");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 1, "every 30s");
+    }
+}
