@@ -265,11 +265,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         config.data_dir = d;
     }
     let shards = config.server.shards.max(1);
-    let dir = Directory::new(shards, config.gateways.clone());
 
     // Recovery runs on a blocking thread: it is pure CPU and disk.
     let data_dir = config.data_dir.clone();
-    let (store, engines, last_seq) = tokio::task::spawn_blocking(move || recover(data_dir, shards, &dir))
+    let Recovery { store, engines, last_seq, .. } = tokio::task::spawn_blocking(move || recover(&data_dir, shards))
         .await
         .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
     let dir = Directory::new(shards, config.gateways.clone());
@@ -380,12 +379,36 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     Ok(Running { addr, app, stop: stop_tx, task })
 }
 
-/// Opens the store, restores the latest snapshot and replays the journal
-/// after it. Returns the engines, one per shard.
+/// What recovery rebuilt.
+#[derive(Debug)]
+pub struct Recovery {
+    pub store: Store,
+    /// One engine per shard.
+    pub engines: Vec<Engine>,
+    /// The last journal seq in use.
+    pub last_seq: u64,
+    /// Journal entries fed through the engines (after the snapshot).
+    pub replayed: u64,
+}
+
+/// How inputs are encoded in the journal: MessagePack with field names,
+/// so a later version can still read (and migrate) old entries.
+pub fn encode_input(input: &Input) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(input)
+}
+
+pub fn decode_input(bytes: &[u8]) -> Result<Input, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Opens the store under `data_dir`, restores the latest snapshot and
+/// replays the journal after it through fresh engines, one per shard.
+/// Accounts may move between shards if the shard count changed.
 #[allow(clippy::disallowed_methods)] // start-up timing for the log only
-fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, Vec<Engine>, u64), StartError> {
+pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, StartError> {
     let started = std::time::Instant::now();
-    let (store, recovered) = Store::open(StoreConfig::new(&data_dir))?;
+    let shards = shards.max(1);
+    let (store, recovered) = Store::open(StoreConfig::new(data_dir))?;
     if let Some(d) = &recovered.dropped {
         tracing::warn!(
             first_seq = d.first_seq,
@@ -402,7 +425,7 @@ fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, 
             .map_err(|err| StartError::Snapshot { shard: row.shard, reason: err.to_string() })?;
         for state in e.take_accounts() {
             covered.insert(state.id().clone(), row.covered_seq);
-            engines[dir.shard_of(state.id())].insert_account(state);
+            engines[directory::shard_index(state.id(), shards)].insert_account(state);
         }
     }
     let mut replayed = 0u64;
@@ -410,9 +433,9 @@ fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, 
         if covered.get(&entry.account).is_some_and(|&c| entry.seq <= c) {
             return Ok(());
         }
-        let input: Input = rmp_serde::from_slice(&entry.input)
-            .map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
-        let engine = &mut engines[dir.shard_of(&entry.account)];
+        let input =
+            decode_input(&entry.input).map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
+        let engine = &mut engines[directory::shard_index(&entry.account, shards)];
         let _ = engine.handle(entry.at, input);
         engine.drain_outputs().for_each(drop);
         replayed += 1;
@@ -424,7 +447,7 @@ fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, 
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state recovered"
     );
-    Ok((store, engines, recovered.last_seq))
+    Ok(Recovery { store, engines, last_seq: recovered.last_seq, replayed })
 }
 
 /// Every `server.snapshot_every` journal entries, snapshot every shard so

@@ -186,7 +186,7 @@ impl Shard {
         // inputs (rare) waste the encoding.
         let bytes = match (&input, &account) {
             (Input::Tick, _) | (_, None) => None,
-            _ => match rmp_serde::to_vec_named(&input) {
+            _ => match super::encode_input(&input) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::error!("cannot encode an input for the journal: {e}");
