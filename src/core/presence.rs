@@ -27,15 +27,18 @@ impl Account {
             return Err(CoreError::conflict("connection already open"));
         }
         self.conn_user.insert(conn, u);
+        let first = !self.user(u).connected();
+        self.user_mut(u).conns.push(conn);
+        // Hello first: it already carries the status the device starts in.
+        let hello = self.hello(u);
+        self.send_conn(conn, hello);
         self.change_user(u, |user, now| {
-            if !user.connected() && user.activity == Activity::Idle {
+            if first && user.activity == Activity::Idle {
                 // Logging in starts an idle period (longest_idle).
                 user.idle_since = now;
             }
-            user.conns.push(conn);
         });
-        let hello = self.hello(u);
-        self.send_conn(conn, hello);
+        self.mark_stats_for_user(u);
         // A second device sees the offer the first one is ringing with.
         if let Activity::Ringing(id) = self.user(u).activity
             && let Some(o) = self.offers.get(&id)

@@ -27,8 +27,16 @@ use tokio::sync::{mpsc, watch};
 
 #[derive(Debug)]
 pub enum Outbound {
-    Agent { msg: Arc<AgentMessage>, born: Option<tokio::time::Instant> },
-    Gateway { cmd: Box<GatewayCommand>, after: u64 },
+    Agent {
+        msg: Arc<AgentMessage>,
+        born: Option<tokio::time::Instant>,
+    },
+    /// `born`: when the event this answers was received (acks only).
+    Gateway {
+        cmd: Box<GatewayCommand>,
+        after: u64,
+        born: Option<tokio::time::Instant>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,24 +144,26 @@ pub async fn write_loop(
             }
             out = rx.rx.recv() => {
                 let Some(out) = out else { break None };
-                let (frame, born, is_offer) = match out {
+                let (frame, born, metric) = match out {
                     Outbound::Agent { msg, born } => {
-                        let is_offer = matches!(*msg, AgentMessage::Offer { .. });
-                        (encode(encoding, &*msg), born, is_offer)
+                        let metric = matches!(*msg, AgentMessage::Offer { .. }).then_some("ringline_offer_latency_seconds");
+                        (encode(encoding, &*msg), born, metric)
                     }
-                    Outbound::Gateway { cmd, after } => {
+                    Outbound::Gateway { cmd, after, born } => {
                         if journal.durable() < after && journal.wait_durable(after).await.is_err() {
                             break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
                         }
-                        (encode(encoding, &*cmd), None, false)
+                        let metric = matches!(*cmd, GatewayCommand::Ack { .. }).then_some("ringline_ack_latency_seconds");
+                        (encode(encoding, &*cmd), born, metric)
                     }
                 };
                 let Some(frame) = frame else { continue };
                 if sink.send(frame).await.is_err() {
                     break None;
                 }
-                if is_offer && let Some(born) = born {
-                    metrics::histogram!("ringline_offer_latency_seconds").record(born.elapsed().as_secs_f64());
+                // Event received to offer (or ack) written to the socket.
+                if let (Some(name), Some(born)) = (metric, born) {
+                    metrics::histogram!(name).record(born.elapsed().as_secs_f64());
                 }
             }
             _ = ping.tick() => {

@@ -150,7 +150,7 @@ async fn run(
                 };
                 if let Err(e) = outcome {
                     let cmd = GatewayCommand::Error { ref_: e.ref_, seq: e.seq, code: e.code, message: e.message };
-                    handle.send(Outbound::Gateway { cmd: Box::new(cmd), after: 0 });
+                    handle.send(Outbound::Gateway { cmd: Box::new(cmd), after: 0, born: None });
                     if abuse.hit(now) {
                         handle.close(close::POLICY, "too many bad events");
                         break;

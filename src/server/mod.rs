@@ -103,7 +103,7 @@ impl App {
             self.dir.call_gateway.entry(call.clone()).or_insert_with(|| name.clone());
         }
         if let Some(conn) = self.dir.gateways_live.get(&name).map(|c| c.value().clone()) {
-            conn.send(Outbound::Gateway { cmd, after });
+            conn.send(Outbound::Gateway { cmd, after, born: None });
         }
     }
 

@@ -220,12 +220,14 @@ impl Shard {
         if inbound && matches!(h.result, Ok(Reply::Done)) {
             metrics::counter!("ringline_inbound_calls_total").increment(1);
         }
-        let born = Some(born);
         let outs = std::mem::take(&mut self.outs);
         for o in outs {
-            super::deliver(&app, o, after, born);
+            if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
+                metrics::counter!("ringline_offers_total").increment(1);
+            }
+            super::deliver(&app, o, after, Some(born));
         }
-        reply(&app, origin, h.result, after);
+        reply(&app, origin, h.result, after, born);
     }
 
     fn publish_gauges(&self) {
@@ -237,7 +239,7 @@ impl Shard {
     }
 }
 
-fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64) {
+fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64, born: tokio::time::Instant) {
     match origin {
         Origin::Gateway { conn, seq, ref_ } => {
             let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) else { return };
@@ -245,7 +247,7 @@ fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64
                 Ok(_) => GatewayCommand::Ack { seq },
                 Err(e) => GatewayCommand::Error { ref_, seq: Some(seq), code: e.code, message: e.message },
             };
-            c.send(Outbound::Gateway { cmd: Box::new(cmd), after });
+            c.send(Outbound::Gateway { cmd: Box::new(cmd), after, born: Some(born) });
         }
         Origin::Agent { conn, ref_ } => {
             if let Err(e) = result
