@@ -428,8 +428,12 @@ pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, St
             engines[directory::shard_index(state.id(), shards)].insert_account(state);
         }
     }
+    // Entries at or below every shard's snapshot are gone (truncated) and
+    // reflected in the snapshots. An account no snapshot holds was created
+    // after its shard's snapshot, so its entries all come later.
+    let replay_from = recovered.snapshots.iter().map(|r| r.covered_seq).min().unwrap_or(0);
     let mut replayed = 0u64;
-    store.replay(0, |entry| {
+    store.replay(replay_from, |entry| {
         if covered.get(&entry.account).is_some_and(|&c| entry.seq <= c) {
             return Ok(());
         }

@@ -162,10 +162,15 @@ impl Shard {
             ShardMsg::Input { input, origin, born } => self.process(input, origin, born),
             ShardMsg::Query(f) => f(&self.engine),
             ShardMsg::Snapshot(reply) => {
+                // This shard appends its accounts' entries itself, before it
+                // reads its next message: every entry of its accounts up to
+                // the journal's current end is in this state. (Its own last
+                // append would pin truncation on an idle shard.)
+                let covered_seq = self.app.journal.last_seq().max(self.last_seq);
                 let row = self
                     .engine
                     .snapshot()
-                    .map(|data| SnapshotRow { shard: self.index as u32, covered_seq: self.last_seq, data })
+                    .map(|data| SnapshotRow { shard: self.index as u32, covered_seq, data })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(row);
             }
