@@ -123,15 +123,18 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
     match o {
         Output::User { account, user, msg } => {
             let msg = Arc::new(msg);
-            let conns = app.dir.user_conns.get(&(account, user)).map(|c| c.value().clone()).unwrap_or_default();
-            for id in conns {
-                if let Some(c) = app.dir.conns.get(&id).map(|c| c.value().clone()) {
-                    c.send(Outbound::Agent { msg: msg.clone(), born });
+            // Sending only queues (or marks the connection for closing), so
+            // holding the map entries meanwhile is fine.
+            if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
+                for id in conns.iter() {
+                    if let Some(c) = app.dir.conns.get(id) {
+                        c.send(Outbound::Agent { msg: msg.clone(), born });
+                    }
                 }
             }
         }
         Output::Conn { conn, msg } => {
-            if let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) {
+            if let Some(c) = app.dir.conns.get(&conn) {
                 c.send(Outbound::Agent { msg: Arc::new(msg), born });
             }
         }
