@@ -246,3 +246,36 @@ async fn outbound_calls_need_access_to_the_number() {
     assert_eq!(dial["call_id"], dialing["call_id"]);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_cover_calls_offers_queues_and_the_journal() {
+    let srv = TestServer::start(&config(&number(N, "ring_all", "", ""))).await;
+    let mut a1 = srv.agent("a1").await;
+    let mut gw = srv.gateway().await;
+    gw.inbound("m1", N).await;
+    a1.accept_next().await;
+    finish(&mut gw, "m1", "a1").await;
+    gw.inbound("m2", N).await;
+    gw.acked(json!({"type": "call.ended", "call_id": "m2", "reason": "caller_hangup"})).await;
+    // Queue gauges are published once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = srv.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "ringline_connections{kind=\"agent\"}",
+        "ringline_connections{kind=\"gateway\"}",
+        "ringline_inbound_calls_total",
+        "ringline_offers_total",
+        "ringline_answers_total",
+        "ringline_abandons_total",
+        "ringline_call_outcomes_total{outcome=\"answered\"}",
+        "ringline_queue_waiting{account=\"acme\",number=\"+15550100\"}",
+        "ringline_queue_longest_wait_seconds{account=\"acme\",number=\"+15550100\"}",
+        "ringline_offer_latency_seconds_bucket",
+        "ringline_ack_latency_seconds_bucket",
+        "ringline_journal_commit_seconds_bucket",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
+    srv.stop().await;
+}

@@ -49,22 +49,10 @@ impl Account {
         let number = self.number(n);
         let expires_at = now + number.routing.ring_timeout;
         let ring_all = number.routing.strategy == Strategy::RingAll;
-        let (kind, call_id, callback_id) = match &e.kind {
-            EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
-            EntryKind::Callback { callback_id, .. } => (OfferKind::Callback, None, Some(callback_id.clone())),
-        };
-        let msg = AgentMessage::Offer {
-            offer_id: id,
-            kind,
-            call_id,
-            callback_id,
-            number: number.id.clone(),
-            from: e.from.clone(),
-            expires_in_ms: millis(number.routing.ring_timeout),
-        };
         let key = e.key();
         let timer = self.arm(expires_at, Timer::OfferExpiry(id));
         self.offers.insert(id, Offer { id, user: u, entry: seq, expires_at, timer });
+        let msg = self.offer_message(id);
         if let Some(e) = self.entries.get_mut(&seq) {
             e.offers.push(id);
             if !e.rung.contains(&u) {
@@ -79,9 +67,30 @@ impl Account {
         if pos.is_some() {
             number.rr_last = pos;
         }
-        self.send_user(u, msg);
+        if let Some(msg) = msg {
+            self.send_user(u, msg);
+        }
         self.set_activity(u, Activity::Ringing(id));
         id
+    }
+
+    /// The `offer` message for a pending offer, with the time it has left.
+    pub(crate) fn offer_message(&self, id: OfferId) -> Option<AgentMessage> {
+        let o = self.offers.get(&id)?;
+        let e = self.entries.get(&o.entry)?;
+        let (kind, call_id, callback_id) = match &e.kind {
+            EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
+            EntryKind::Callback { callback_id, .. } => (OfferKind::Callback, None, Some(callback_id.clone())),
+        };
+        Some(AgentMessage::Offer {
+            offer_id: id,
+            kind,
+            call_id,
+            callback_id,
+            number: self.number(e.number).id.clone(),
+            from: e.from.clone(),
+            expires_in_ms: millis(o.expires_at.saturating_since(self.now)),
+        })
     }
 
     /// Ends an offer that was not accepted. The user is free again; the

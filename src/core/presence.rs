@@ -6,10 +6,10 @@ use super::error::CoreError;
 use super::ids::{ConnId, UserId};
 use super::offer::OfferEnd;
 use super::queue::{EntryKind, Phase};
-use super::time::{Timestamp, millis};
+use super::time::Timestamp;
 use super::user::{Activity, Wants};
 use super::{Reply, UserIx};
-use crate::protocol::agent::{AgentMessage, NumberAccess, OfferKind, WantedStatus};
+use crate::protocol::agent::{AgentMessage, NumberAccess, WantedStatus};
 use crate::protocol::gateway::GatewayCommand;
 
 /// Longest `status.set` reason accepted.
@@ -27,33 +27,22 @@ impl Account {
             return Err(CoreError::conflict("connection already open"));
         }
         self.conn_user.insert(conn, u);
+        let first = !self.user(u).connected();
+        self.user_mut(u).conns.push(conn);
+        // Hello first: it already carries the status the device starts in.
+        let hello = self.hello(u);
+        self.send_conn(conn, hello);
         self.change_user(u, |user, now| {
-            if !user.connected() && user.activity == Activity::Idle {
+            if first && user.activity == Activity::Idle {
                 // Logging in starts an idle period (longest_idle).
                 user.idle_since = now;
             }
-            user.conns.push(conn);
         });
-        let hello = self.hello(u);
-        self.send_conn(conn, hello);
+        self.mark_stats_for_user(u);
         // A second device sees the offer the first one is ringing with.
         if let Activity::Ringing(id) = self.user(u).activity
-            && let Some(o) = self.offers.get(&id)
-            && let Some(e) = self.entries.get(&o.entry)
+            && let Some(msg) = self.offer_message(id)
         {
-            let (kind, call_id, callback_id) = match &e.kind {
-                EntryKind::Call { call_id } => (OfferKind::Inbound, Some(call_id.clone()), None),
-                EntryKind::Callback { callback_id, .. } => (OfferKind::Callback, None, Some(callback_id.clone())),
-            };
-            let msg = AgentMessage::Offer {
-                offer_id: id,
-                kind,
-                call_id,
-                callback_id,
-                number: self.number(e.number).id.clone(),
-                from: e.from.clone(),
-                expires_in_ms: millis(o.expires_at.saturating_since(self.now)),
-            };
             self.send_conn(conn, msg);
         }
         Ok(Reply::Done)

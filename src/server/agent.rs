@@ -1,6 +1,8 @@
 //! `GET /v1/agent`: one softphone connection of one user.
 
-use super::conn::{AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, close, write_loop};
+use super::conn::{
+    AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, ReadPolicy, close, finish_writer, read_loop, write_loop,
+};
 use super::directory::{AuthError, Identity};
 use super::shard::Origin;
 use super::wire::{Encoding, WireError, decode_agent};
@@ -9,7 +11,7 @@ use crate::clock::Clock;
 use crate::core::Input;
 use crate::core::ids::{AccountId, ConnId, UserId};
 use crate::protocol::agent::AgentMessage;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,72 +74,25 @@ async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId,
         handle.close(close::DEACTIVATED, "not allowed to connect");
     }
 
-    let mut limit = RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst, Clock::tokio_now());
-    let mut abuse = AbuseMeter::new(cfg.abuse_errors_before_close, crate::config::ServerSettings::ABUSE_WINDOW);
-    let mut shutdown = app.shutdown.clone();
-    loop {
-        tokio::select! {
-            frame = tokio::time::timeout(cfg.idle_timeout, stream.next()) => {
-                let msg = match frame {
-                    Err(_) => {
-                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the client");
-                        break;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        if let Some((code, reason)) = super::conn::read_failure(e) {
-                            handle.close(code, reason);
-                        }
-                        break;
-                    }
-                    Ok(Some(Ok(m))) => m,
-                };
-                let (bytes, enc) = match &msg {
-                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
-                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                let now = Clock::tokio_now();
-                let bad = if bytes.len() > cfg.max_frame_bytes {
-                    Some(WireError {
-                        code: crate::protocol::ErrorCode::BadRequest,
-                        message: format!("frame of {} bytes exceeds the limit of {}", bytes.len(), cfg.max_frame_bytes),
-                        ref_: None,
-                        seq: None,
-                    })
-                } else if !limit.allow(now) {
-                    Some(WireError { code: crate::protocol::ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
-                } else {
-                    match decode_agent(bytes, enc) {
-                        Ok((ref_, cmd)) => {
-                            shard.input(Input::Agent { account: account.clone(), conn: id, ref_: ref_.clone(), cmd }, Origin::Agent { conn: id, ref_ });
-                            None
-                        }
-                        Err(e) => Some(e),
-                    }
-                };
-                if let Some(e) = bad {
-                    let msg = AgentMessage::Error { ref_: e.ref_, code: e.code, message: e.message };
-                    handle.send(Outbound::Agent { msg: Arc::new(msg), born: None });
-                    if abuse.hit(now) {
-                        handle.close(close::POLICY, "too many bad or excess messages");
-                        break;
-                    }
-                }
-            }
-            _ = shutdown.wait_for(|s| *s) => {
-                handle.close(close::GOING_AWAY, "server shutting down");
-                break;
-            }
-            _ = &mut writer => break,
-        }
-    }
-    if !writer.is_finished() {
-        handle.close(close::GOING_AWAY, "closing");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
-        writer.abort();
-    }
+    let policy = ReadPolicy {
+        max_frame_bytes: cfg.max_frame_bytes,
+        idle_timeout: cfg.idle_timeout,
+        rate: RateLimit::new(cfg.rate_limit_per_sec, cfg.rate_limit_burst, Clock::tokio_now()),
+        abuse: AbuseMeter::new(cfg.abuse_errors_before_close, crate::config::ServerSettings::ABUSE_WINDOW),
+        abuse_reason: "too many bad or excess messages",
+    };
+    let on_frame = |bytes: &[u8], enc| {
+        let (ref_, cmd) = decode_agent(bytes, enc)?;
+        let input = Input::Agent { account: account.clone(), conn: id, ref_: ref_.clone(), cmd };
+        shard.input(input, Origin::Agent { conn: id, ref_ });
+        Ok(())
+    };
+    let on_error = |e: WireError| {
+        let msg = AgentMessage::Error { ref_: e.ref_, code: e.code, message: e.message };
+        handle.send(Outbound::Agent { msg: Arc::new(msg), born: None });
+    };
+    read_loop(&mut stream, &handle, &mut writer, app.shutdown.clone(), policy, on_frame, on_error).await;
+    finish_writer(&handle, writer).await;
     forget(&app, &account, &user, id);
     shard.input(Input::Disconnect { account, conn: id }, Origin::None);
     metrics::gauge!("ringline_connections", "kind" => "agent").decrement(1.0);

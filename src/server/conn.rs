@@ -12,7 +12,7 @@
 //! durable that far before writing it. Acks and commands therefore never
 //! reach a gateway ahead of the state they describe.
 
-use super::wire::Encoding;
+use super::wire::{Encoding, WireError};
 use crate::clock::Clock;
 use crate::core::ids::{AccountId, ConnId, GatewayName, UserId};
 use crate::protocol::agent::AgentMessage;
@@ -27,8 +27,16 @@ use tokio::sync::{mpsc, watch};
 
 #[derive(Debug)]
 pub enum Outbound {
-    Agent { msg: Arc<AgentMessage>, born: Option<tokio::time::Instant> },
-    Gateway { cmd: Box<GatewayCommand>, after: u64 },
+    Agent {
+        msg: Arc<AgentMessage>,
+        born: Option<tokio::time::Instant>,
+    },
+    /// `born`: when the event this answers was received (acks only).
+    Gateway {
+        cmd: Box<GatewayCommand>,
+        after: u64,
+        born: Option<tokio::time::Instant>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +112,17 @@ pub struct ConnRx {
     kill: watch::Receiver<Option<CloseRequest>>,
 }
 
+impl ConnRx {
+    /// The next queued message (tests observe deliveries this way).
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// Writes queued messages until the connection is closed; sends a ping
 /// every `ping_every`. Returns why it stopped.
 pub async fn write_loop(
@@ -125,24 +144,26 @@ pub async fn write_loop(
             }
             out = rx.rx.recv() => {
                 let Some(out) = out else { break None };
-                let (frame, born, is_offer) = match out {
+                let (frame, born, metric) = match out {
                     Outbound::Agent { msg, born } => {
-                        let is_offer = matches!(*msg, AgentMessage::Offer { .. });
-                        (encode(encoding, &*msg), born, is_offer)
+                        let metric = matches!(*msg, AgentMessage::Offer { .. }).then_some("ringline_offer_latency_seconds");
+                        (encode(encoding, &*msg), born, metric)
                     }
-                    Outbound::Gateway { cmd, after } => {
+                    Outbound::Gateway { cmd, after, born } => {
                         if journal.durable() < after && journal.wait_durable(after).await.is_err() {
                             break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
                         }
-                        (encode(encoding, &*cmd), None, false)
+                        let metric = matches!(*cmd, GatewayCommand::Ack { .. }).then_some("ringline_ack_latency_seconds");
+                        (encode(encoding, &*cmd), born, metric)
                     }
                 };
                 let Some(frame) = frame else { continue };
                 if sink.send(frame).await.is_err() {
                     break None;
                 }
-                if is_offer && let Some(born) = born {
-                    metrics::histogram!("ringline_offer_latency_seconds").record(born.elapsed().as_secs_f64());
+                // Event received to offer (or ack) written to the socket.
+                if let (Some(name), Some(born)) = (metric, born) {
+                    metrics::histogram!(name).record(born.elapsed().as_secs_f64());
                 }
             }
             _ = ping.tick() => {
@@ -173,6 +194,92 @@ fn encode<T: serde::Serialize>(enc: Encoding, msg: &T) -> Option<Message> {
             tracing::error!("cannot encode an outgoing message: {e}");
             None
         }
+    }
+}
+
+/// What a connection's reader enforces.
+#[derive(Debug)]
+pub struct ReadPolicy {
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub rate: RateLimit,
+    pub abuse: AbuseMeter,
+    /// Close reason when abuse closes the connection.
+    pub abuse_reason: &'static str,
+}
+
+/// Reads frames until the peer leaves, falls silent for `idle_timeout`, the
+/// server shuts down, or the writer stops (the connection was closed from
+/// elsewhere). Each frame within the size and rate limits goes to
+/// `on_frame` (text as JSON, binary as MessagePack); every refusal, from
+/// here or from `on_frame`, is answered through `on_error` and counted
+/// towards the abuse limit.
+pub async fn read_loop(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    handle: &ConnHandle,
+    writer: &mut tokio::task::JoinHandle<Option<CloseRequest>>,
+    mut shutdown: watch::Receiver<bool>,
+    mut policy: ReadPolicy,
+    mut on_frame: impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
+    on_error: impl Fn(WireError),
+) {
+    use crate::protocol::ErrorCode;
+    use futures_util::StreamExt;
+    loop {
+        tokio::select! {
+            frame = tokio::time::timeout(policy.idle_timeout, stream.next()) => {
+                let msg = match frame {
+                    Err(_) => {
+                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the peer");
+                        return;
+                    }
+                    Ok(None) => return,
+                    Ok(Some(Err(e))) => {
+                        if let Some((code, reason)) = read_failure(e) {
+                            handle.close(code, reason);
+                        }
+                        return;
+                    }
+                    Ok(Some(Ok(m))) => m,
+                };
+                let (bytes, enc) = match &msg {
+                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
+                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
+                    Message::Close(_) => return,
+                    _ => continue,
+                };
+                let now = Clock::tokio_now();
+                let outcome = if bytes.len() > policy.max_frame_bytes {
+                    let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), policy.max_frame_bytes);
+                    Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
+                } else if !policy.rate.allow(now) {
+                    Err(WireError { code: ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
+                } else {
+                    on_frame(bytes, enc)
+                };
+                if let Err(e) = outcome {
+                    on_error(e);
+                    if policy.abuse.hit(now) {
+                        handle.close(close::POLICY, policy.abuse_reason);
+                        return;
+                    }
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {
+                handle.close(close::GOING_AWAY, "server shutting down");
+                return;
+            }
+            _ = &mut *writer => return,
+        }
+    }
+}
+
+/// After the reader stops: let the writer send its close frame, briefly.
+pub async fn finish_writer(handle: &ConnHandle, mut writer: tokio::task::JoinHandle<Option<CloseRequest>>) {
+    if !writer.is_finished() {
+        handle.close(close::GOING_AWAY, "closing");
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        writer.abort();
     }
 }
 

@@ -52,6 +52,14 @@ pub struct Directory {
     pub call_gateway: DashMap<CallId, GatewayName>,
 }
 
+/// The shard of an account among `shards`: a stable hash of its id, the
+/// same in every process, so recovery and serving agree.
+pub fn shard_index(account: &AccountId, shards: usize) -> usize {
+    let mut h = FxHasher::default();
+    account.as_str().hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
 /// Lowercase hex SHA-256, the only form in which tokens are kept.
 pub fn hash_token(token: &str) -> String {
     crate::config::hash_token(token)
@@ -83,9 +91,7 @@ impl Directory {
 
     /// Accounts are spread over shards by a stable hash of their id.
     pub fn shard_of(&self, account: &AccountId) -> usize {
-        let mut h = FxHasher::default();
-        account.as_str().hash(&mut h);
-        (h.finish() % self.shards as u64) as usize
+        shard_index(account, self.shards)
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {

@@ -1,7 +1,9 @@
 //! `GET /v1/gateway`: a telephony gateway. Events in (acked once durable),
 //! commands out.
 
-use super::conn::{AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, close, write_loop};
+use super::conn::{
+    AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, ReadPolicy, close, finish_writer, read_loop, write_loop,
+};
 use super::directory::{AuthError, Identity};
 use super::shard::Origin;
 use super::wire::{Encoding, WireError, decode_gateway};
@@ -11,7 +13,7 @@ use crate::core::ids::{AccountId, GatewayName};
 use crate::core::{Input, RouteKey};
 use crate::protocol::ErrorCode;
 use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +47,10 @@ pub async fn upgrade(
         run(app, socket, name, accounts, encoding).instrument(span)
     })
 }
+
+/// How many softphones' worth of traffic a gateway may send, and of
+/// replies it may have queued.
+const GATEWAY_SCALE: u32 = 100;
 
 fn not_found(what: &str, seq: u64, ref_: Option<crate::protocol::Ref>) -> WireError {
     WireError { code: ErrorCode::NotFound, message: format!("unknown {what}"), ref_, seq: Some(seq) }
@@ -91,84 +97,48 @@ async fn run(
     }
 
     let allowed = |a: &AccountId| accounts.as_ref().is_none_or(|list| list.contains(a));
-    let mut limit = RateLimit::new(
-        cfg.rate_limit_per_sec.saturating_mul(100),
-        cfg.rate_limit_burst.saturating_mul(100),
-        Clock::tokio_now(),
-    );
-    let mut abuse =
-        AbuseMeter::new(cfg.abuse_errors_before_close.saturating_mul(10), crate::config::ServerSettings::ABUSE_WINDOW);
-    let mut shutdown = app.shutdown.clone();
-    loop {
-        tokio::select! {
-            frame = tokio::time::timeout(cfg.idle_timeout, stream.next()) => {
-                let msg = match frame {
-                    Err(_) => {
-                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the gateway");
-                        break;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        if let Some((code, reason)) = super::conn::read_failure(e) {
-                            handle.close(code, reason);
-                        }
-                        break;
-                    }
-                    Ok(Some(Ok(m))) => m,
-                };
-                let (bytes, enc) = match &msg {
-                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
-                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                let now = Clock::tokio_now();
-                let outcome = if bytes.len() > cfg.max_frame_bytes {
-                    Err(WireError { code: ErrorCode::BadRequest, message: format!("frame of {} bytes exceeds the limit of {}", bytes.len(), cfg.max_frame_bytes), ref_: None, seq: None })
-                } else if !limit.allow(now) {
-                    Err(WireError { code: ErrorCode::RateLimited, message: "too many events; slow down".into(), ref_: None, seq: None })
-                } else {
-                    decode_gateway(bytes, enc).and_then(|frame| {
-                        let account = account_of(&app, &frame.event)
-                            .filter(|a| allowed(a))
-                            .ok_or_else(|| not_found(what(&frame.event), frame.seq, frame.ref_.clone()))?;
-                        if let Some(call) = call_of(&frame.event) {
-                            app.dir.call_gateway.insert(call.clone(), name.clone());
-                        }
-                        // Events about a new call may follow it on this
-                        // connection before its shard has bound the id:
-                        // bind it here so they route (the shard's bind is
-                        // the same, and an unknown id still gets not_found
-                        // from the engine).
-                        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event {
-                            app.dir.bind(RouteKey::Call(call_id.clone()), &account);
-                        }
-                        let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
-                        shard.input(Input::Gateway { account, event: frame.event }, Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ });
-                        Ok(())
-                    })
-                };
-                if let Err(e) = outcome {
-                    let cmd = GatewayCommand::Error { ref_: e.ref_, seq: e.seq, code: e.code, message: e.message };
-                    handle.send(Outbound::Gateway { cmd: Box::new(cmd), after: 0 });
-                    if abuse.hit(now) {
-                        handle.close(close::POLICY, "too many bad events");
-                        break;
-                    }
-                }
-            }
-            _ = shutdown.wait_for(|s| *s) => {
-                handle.close(close::GOING_AWAY, "server shutting down");
-                break;
-            }
-            _ = &mut writer => break,
+    // A gateway carries every call of its accounts: far more traffic than
+    // one softphone, so its limits are scaled up.
+    let policy = ReadPolicy {
+        max_frame_bytes: cfg.max_frame_bytes,
+        idle_timeout: cfg.idle_timeout,
+        rate: RateLimit::new(
+            cfg.rate_limit_per_sec.saturating_mul(GATEWAY_SCALE),
+            cfg.rate_limit_burst.saturating_mul(GATEWAY_SCALE),
+            Clock::tokio_now(),
+        ),
+        abuse: AbuseMeter::new(
+            cfg.abuse_errors_before_close.saturating_mul(10),
+            crate::config::ServerSettings::ABUSE_WINDOW,
+        ),
+        abuse_reason: "too many bad events",
+    };
+    let on_frame = |bytes: &[u8], enc| {
+        let frame = decode_gateway(bytes, enc)?;
+        let account = account_of(&app, &frame.event)
+            .filter(|a| allowed(a))
+            .ok_or_else(|| not_found(what(&frame.event), frame.seq, frame.ref_.clone()))?;
+        if let Some(call) = call_of(&frame.event) {
+            app.dir.call_gateway.insert(call.clone(), name.clone());
         }
-    }
-    if !writer.is_finished() {
-        handle.close(close::GOING_AWAY, "closing");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await;
-        writer.abort();
-    }
+        // Events about a new call may follow it on this connection before
+        // its shard has bound the id: bind it here so they route (the
+        // shard's bind is the same, and an unknown id still gets not_found
+        // from the engine).
+        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event {
+            app.dir.bind(RouteKey::Call(call_id.clone()), &account);
+        }
+        let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
+        let origin = Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ };
+        shard.input(Input::Gateway { account, event: frame.event }, origin);
+        Ok(())
+    };
+    let on_error = |e: WireError| {
+        let cmd = GatewayCommand::Error { ref_: e.ref_, seq: e.seq, code: e.code, message: e.message };
+        handle.send(Outbound::Gateway { cmd: Box::new(cmd), after: 0, born: None });
+    };
+    read_loop(&mut stream, &handle, &mut writer, app.shutdown.clone(), policy, on_frame, on_error).await;
+    finish_writer(&handle, writer).await;
     app.dir.conns.remove(&id);
     app.dir.gateways_live.remove_if(&name, |_, h| h.id == id);
     metrics::gauge!("ringline_connections", "kind" => "gateway").decrement(1.0);

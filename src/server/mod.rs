@@ -104,7 +104,7 @@ impl App {
             self.dir.call_gateway.entry(call.clone()).or_insert_with(|| name.clone());
         }
         if let Some(conn) = self.dir.gateways_live.get(&name).map(|c| c.value().clone()) {
-            conn.send(Outbound::Gateway { cmd, after });
+            conn.send(Outbound::Gateway { cmd, after, born: None });
         }
     }
 
@@ -124,15 +124,18 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
     match o {
         Output::User { account, user, msg } => {
             let msg = Arc::new(msg);
-            let conns = app.dir.user_conns.get(&(account, user)).map(|c| c.value().clone()).unwrap_or_default();
-            for id in conns {
-                if let Some(c) = app.dir.conns.get(&id).map(|c| c.value().clone()) {
-                    c.send(Outbound::Agent { msg: msg.clone(), born });
+            // Sending only queues (or marks the connection for closing), so
+            // holding the map entries meanwhile is fine.
+            if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
+                for id in conns.iter() {
+                    if let Some(c) = app.dir.conns.get(id) {
+                        c.send(Outbound::Agent { msg: msg.clone(), born });
+                    }
                 }
             }
         }
         Output::Conn { conn, msg } => {
-            if let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) {
+            if let Some(c) = app.dir.conns.get(&conn) {
                 c.send(Outbound::Agent { msg: Arc::new(msg), born });
             }
         }
@@ -228,6 +231,34 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// An app with its shards running but no listener, for tests that drive
+/// shards directly (e.g. under tokio's paused clock).
+pub async fn app_without_listener(config: Config, data_dir: PathBuf) -> Result<(Arc<App>, Store), StartError> {
+    let shards = config.server.shards.max(1);
+    let store = Store::open(StoreConfig::new(&data_dir))?.0;
+    let (_stop, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        journal: store.journal(),
+        history: store.history(),
+        dir: Directory::new(shards, config.gateways.clone()),
+        config,
+        shards: OnceLock::new(),
+        metrics: metrics_handle(),
+        clock: Clock::start(Instant::EPOCH),
+        next_conn: AtomicU64::new(1),
+        ready: AtomicBool::new(true),
+        pending: DashMap::new(),
+        shutdown: stop_rx,
+    });
+    let handles = (0..shards).map(|i| shard::spawn(i, Engine::new(), 0, app.clone()).0).collect();
+    let _ = app.shards.set(handles);
+    for input in app.config.provisioning() {
+        let Some(shard) = input.account().and_then(|a| app.shard_for(a)).cloned() else { continue };
+        shard.call(&app, input).await.map_err(|e| StartError::Provisioning(e.to_string()))?;
+    }
+    Ok((app, store))
+}
+
 /// Recovers state and starts listening. Returns once the server accepts
 /// connections.
 pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
@@ -238,11 +269,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         config.data_dir = d;
     }
     let shards = config.server.shards.max(1);
-    let dir = Directory::new(shards, config.gateways.clone());
 
     // Recovery runs on a blocking thread: it is pure CPU and disk.
     let data_dir = config.data_dir.clone();
-    let (store, engines, last_seq) = tokio::task::spawn_blocking(move || recover(data_dir, shards, &dir))
+    let Recovery { store, engines, last_seq, .. } = tokio::task::spawn_blocking(move || recover(&data_dir, shards))
         .await
         .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
     let dir = Directory::new(shards, config.gateways.clone());
@@ -353,12 +383,36 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     Ok(Running { addr, app, stop: stop_tx, task })
 }
 
-/// Opens the store, restores the latest snapshot and replays the journal
-/// after it. Returns the engines, one per shard.
+/// What recovery rebuilt.
+#[derive(Debug)]
+pub struct Recovery {
+    pub store: Store,
+    /// One engine per shard.
+    pub engines: Vec<Engine>,
+    /// The last journal seq in use.
+    pub last_seq: u64,
+    /// Journal entries fed through the engines (after the snapshot).
+    pub replayed: u64,
+}
+
+/// How inputs are encoded in the journal: MessagePack with field names,
+/// so a later version can still read (and migrate) old entries.
+pub fn encode_input(input: &Input) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(input)
+}
+
+pub fn decode_input(bytes: &[u8]) -> Result<Input, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// Opens the store under `data_dir`, restores the latest snapshot and
+/// replays the journal after it through fresh engines, one per shard.
+/// Accounts may move between shards if the shard count changed.
 #[allow(clippy::disallowed_methods)] // start-up timing for the log only
-fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, Vec<Engine>, u64), StartError> {
+pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, StartError> {
     let started = std::time::Instant::now();
-    let (store, recovered) = Store::open(StoreConfig::new(&data_dir))?;
+    let shards = shards.max(1);
+    let (store, recovered) = Store::open(StoreConfig::new(data_dir))?;
     if let Some(d) = &recovered.dropped {
         tracing::warn!(
             first_seq = d.first_seq,
@@ -375,17 +429,21 @@ fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, 
             .map_err(|err| StartError::Snapshot { shard: row.shard, reason: err.to_string() })?;
         for state in e.take_accounts() {
             covered.insert(state.id().clone(), row.covered_seq);
-            engines[dir.shard_of(state.id())].insert_account(state);
+            engines[directory::shard_index(state.id(), shards)].insert_account(state);
         }
     }
+    // Entries at or below every shard's snapshot are gone (truncated) and
+    // reflected in the snapshots. An account no snapshot holds was created
+    // after its shard's snapshot, so its entries all come later.
+    let replay_from = recovered.snapshots.iter().map(|r| r.covered_seq).min().unwrap_or(0);
     let mut replayed = 0u64;
-    store.replay(0, |entry| {
+    store.replay(replay_from, |entry| {
         if covered.get(&entry.account).is_some_and(|&c| entry.seq <= c) {
             return Ok(());
         }
-        let input: Input = rmp_serde::from_slice(&entry.input)
-            .map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
-        let engine = &mut engines[dir.shard_of(&entry.account)];
+        let input =
+            decode_input(&entry.input).map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
+        let engine = &mut engines[directory::shard_index(&entry.account, shards)];
         let _ = engine.handle(entry.at, input);
         engine.drain_outputs().for_each(drop);
         replayed += 1;
@@ -397,7 +455,7 @@ fn recover(data_dir: PathBuf, shards: usize, dir: &Directory) -> Result<(Store, 
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state recovered"
     );
-    Ok((store, engines, recovered.last_seq))
+    Ok(Recovery { store, engines, last_seq: recovered.last_seq, replayed })
 }
 
 /// Every `server.snapshot_every` journal entries, snapshot every shard so

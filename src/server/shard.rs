@@ -162,10 +162,15 @@ impl Shard {
             ShardMsg::Input { input, origin, born } => self.process(input, origin, born),
             ShardMsg::Query(f) => f(&self.engine),
             ShardMsg::Snapshot(reply) => {
+                // This shard appends its accounts' entries itself, before it
+                // reads its next message: every entry of its accounts up to
+                // the journal's current end is in this state. (Its own last
+                // append would pin truncation on an idle shard.)
+                let covered_seq = self.app.journal.last_seq().max(self.last_seq);
                 let row = self
                     .engine
                     .snapshot()
-                    .map(|data| SnapshotRow { shard: self.index as u32, covered_seq: self.last_seq, data })
+                    .map(|data| SnapshotRow { shard: self.index as u32, covered_seq, data })
                     .map_err(|e| e.to_string());
                 let _ = reply.send(row);
             }
@@ -186,7 +191,7 @@ impl Shard {
         // inputs (rare) waste the encoding.
         let bytes = match (&input, &account) {
             (Input::Tick, _) | (_, None) => None,
-            _ => match rmp_serde::to_vec_named(&input) {
+            _ => match super::encode_input(&input) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::error!("cannot encode an input for the journal: {e}");
@@ -220,12 +225,14 @@ impl Shard {
         if inbound && matches!(h.result, Ok(Reply::Done)) {
             metrics::counter!("ringline_inbound_calls_total").increment(1);
         }
-        let born = Some(born);
         let outs = std::mem::take(&mut self.outs);
         for o in outs {
-            super::deliver(&app, o, after, born);
+            if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
+                metrics::counter!("ringline_offers_total").increment(1);
+            }
+            super::deliver(&app, o, after, Some(born));
         }
-        reply(&app, origin, h.result, after);
+        reply(&app, origin, h.result, after, born);
     }
 
     fn publish_gauges(&self) {
@@ -237,7 +244,7 @@ impl Shard {
     }
 }
 
-fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64) {
+fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64, born: tokio::time::Instant) {
     match origin {
         Origin::Gateway { conn, seq, ref_ } => {
             let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone()) else { return };
@@ -245,7 +252,7 @@ fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64
                 Ok(_) => GatewayCommand::Ack { seq },
                 Err(e) => GatewayCommand::Error { ref_, seq: Some(seq), code: e.code, message: e.message },
             };
-            c.send(Outbound::Gateway { cmd: Box::new(cmd), after });
+            c.send(Outbound::Gateway { cmd: Box::new(cmd), after, born: Some(born) });
         }
         Origin::Agent { conn, ref_ } => {
             if let Err(e) = result
@@ -274,5 +281,148 @@ fn metrics_for_record(record: &crate::core::history::Record) {
             Outcome::CallbackRequested { .. } => metrics::counter!("ringline_callbacks_total").increment(1),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::core::ids::{ConnId, UserId};
+    use crate::protocol::agent::RevokeReason;
+    use crate::server::conn::{ConnHandle, ConnKind, ConnRx};
+    use crate::server::wire::Encoding;
+    use std::time::Duration;
+
+    const CONFIG: &str = r#"
+[[gateways]]
+name = "gw"
+token = "gw"
+
+[[accounts]]
+id = "acme"
+plan = "team"
+
+[[accounts.users]]
+id = "alice"
+email = "alice@acme.test"
+role = "owner"
+
+[[accounts.users]]
+id = "bob"
+email = "bob@acme.test"
+role = "agent"
+
+[[accounts.numbers]]
+number = "+15550100"
+name = "Support"
+assigned = ["bob"]
+
+[accounts.numbers.routing]
+ring_timeout = "2s"
+
+[accounts.numbers.queue]
+announce_every = "30s"
+"#;
+
+    /// A softphone of `user` whose deliveries the test reads.
+    fn device(app: &App, user: &str, conn: u64) -> ConnRx {
+        let id = ConnId(conn);
+        let kind = ConnKind::Agent { account: "acme".into(), user: user.into() };
+        let (h, rx) = ConnHandle::new(id, kind, Encoding::Json, 64);
+        app.dir.conns.insert(id, h);
+        app.dir.user_conns.entry(("acme".into(), UserId::from(user))).or_default().push(id);
+        rx
+    }
+
+    fn agent_msgs(rx: &mut ConnRx) -> Vec<AgentMessage> {
+        let mut out = Vec::new();
+        while let Some(o) = rx.try_recv() {
+            if let Outbound::Agent { msg, .. } = o {
+                out.push((*msg).clone());
+            }
+        }
+        out
+    }
+
+    /// Lets the shard task run without moving the clock.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ring_timeouts_fire_exactly_on_time() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).expect("config");
+        let (app, _store) = crate::server::app_without_listener(cfg, dir.path().to_owned()).await.expect("app");
+        let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+        let mut bob = device(&app, "bob", 7);
+        shard.input(Input::Connect { account: "acme".into(), user: "bob".into(), conn: ConnId(7) }, Origin::None);
+        let event = GatewayEvent::CallInbound {
+            call_id: "c1".into(),
+            to: "+15550100".into(),
+            from: "+1555".into(),
+            priority: None,
+        };
+        shard.input(Input::Gateway { account: "acme".into(), event }, Origin::None);
+        settle().await;
+        assert!(agent_msgs(&mut bob).iter().any(|m| matches!(m, AgentMessage::Offer { .. })));
+        let t0 = Clock::tokio_now();
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        settle().await;
+        assert!(agent_msgs(&mut bob).iter().all(|m| !matches!(m, AgentMessage::OfferRevoked { .. })), "not before 2s");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        let msgs = agent_msgs(&mut bob);
+        assert!(
+            msgs.iter().any(|m| matches!(m, AgentMessage::OfferRevoked { reason: RevokeReason::Expired, .. })),
+            "revoked at {:?}: {msgs:?}",
+            Clock::tokio_now() - t0
+        );
+        // Alone on the number, bob is rung again right away (a new cycle).
+        assert!(msgs.iter().any(|m| matches!(m, AgentMessage::Offer { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn announcements_fire_on_their_period() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).expect("config");
+        let (app, _store) = crate::server::app_without_listener(cfg, dir.path().to_owned()).await.expect("app");
+        let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+        let id = ConnId(9);
+        let (gw, mut rx) = ConnHandle::new(id, ConnKind::Gateway { name: "gw".into() }, Encoding::Json, 64);
+        app.dir.conns.insert(id, gw.clone());
+        app.dir.gateways_live.insert("gw".into(), gw);
+        let event = GatewayEvent::CallInbound {
+            call_id: "c1".into(),
+            to: "+15550100".into(),
+            from: "+1555".into(),
+            priority: None,
+        };
+        shard.input(Input::Gateway { account: "acme".into(), event }, Origin::None);
+        settle().await;
+        let count = |rx: &mut ConnRx| {
+            let mut n = 0;
+            while let Some(o) = rx.try_recv() {
+                if let Outbound::Gateway { cmd, .. } = o
+                    && matches!(*cmd, GatewayCommand::CallAnnounce { .. })
+                {
+                    n += 1;
+                }
+            }
+            n
+        };
+        count(&mut rx);
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 0, "not before 30s");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        settle().await;
+        assert_eq!(count(&mut rx), 1, "every 30s");
     }
 }

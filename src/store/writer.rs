@@ -114,7 +114,9 @@ impl Writer {
     /// Writes and commits the batch, then publishes the outcome. Replies
     /// are sent only after the watermark or the failure is published, so a
     /// caller woken by its reply always sees the state that caused it.
+    #[allow(clippy::disallowed_methods)] // commit latency is a metric
     fn commit(&mut self, batch: &mut Vec<Command>) {
+        let started = std::time::Instant::now();
         let failed = self.shared.durable.borrow().failed.clone();
         let outcome = match failed {
             // Writing past a hole would make the journal replay to a state
@@ -124,6 +126,9 @@ impl Writer {
                 let mut purged = Vec::new();
                 match self.write(batch, &mut purged) {
                     Ok(max_seq) => {
+                        // Time to write and fsync one group of entries.
+                        metrics::histogram!("ringline_journal_commit_seconds").record(started.elapsed().as_secs_f64());
+                        metrics::histogram!("ringline_journal_batch_entries").record(batch.len() as f64);
                         let seq = self.shared.durable.borrow().seq.max(max_seq);
                         self.shared.durable.send_if_modified(|d| {
                             let moved = seq > d.seq;

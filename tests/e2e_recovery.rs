@@ -1,0 +1,147 @@
+//! Restarts on the same data dir keep the state the issue lists: round-robin
+//! positions, waiting calls in order, callback retry schedules, wrap-up
+//! deadlines. Run once replaying the journal only, once with snapshots (the
+//! journal truncated behind them).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const N: &str = "+15550100";
+
+fn cfg(snapshot_every: u32) -> String {
+    let numbers = number(
+        N,
+        "round_robin",
+        "wrap_up = \"2s\"",
+        "callback = true\ncallback_attempts = 2\ncallback_retry_after = \"2s\"\nmax_wait = \"1h\"",
+    );
+    config(&numbers).replace("[server]\n", &format!("[server]\nsnapshot_every = {snapshot_every}\n"))
+}
+
+async fn restart(srv: TestServer) -> TestServer {
+    let text = srv.config_text.clone();
+    let data = srv.stop().await;
+    TestServer::start_in(&text, data).await
+}
+
+async fn serve(gw: &mut Gateway, agent: &mut Client, call: &str, who: &str) {
+    gw.inbound(call, N).await;
+    let offer = agent.accept_next().await;
+    assert_eq!(offer["call_id"], call);
+    gw.expect_for("call.bridge", call).await;
+    gw.acked(json!({"type": "call.answered", "call_id": call, "agent": who})).await;
+    gw.acked(json!({"type": "call.ended", "call_id": call, "reason": "agent_hangup"})).await;
+}
+
+async fn journal_rows(srv: &TestServer) -> (i64, i64) {
+    let db = rusqlite::Connection::open(srv.data.path().join("ringline.db")).expect("db");
+    let journal: i64 = db.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).expect("count");
+    let snapshots: i64 = db.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).expect("count");
+    (journal, snapshots)
+}
+
+async fn available(srv: &TestServer, who: &str) -> Client {
+    let mut c = srv.agent(who).await;
+    c.send(json!({"type": "status.set", "status": "available", "ref": "back"})).await;
+    c.expect("ok").await;
+    c
+}
+
+async fn away(c: &mut Client) {
+    c.send(json!({"type": "status.set", "status": "away", "ref": "gone"})).await;
+    c.expect("ok").await;
+}
+
+async fn state_survives_a_restart(snapshot_every: u32) {
+    let snapshots = snapshot_every < 100;
+    // Round robin: a1 then a2 served; after a restart the next is a3.
+    let srv = TestServer::start(&cfg(snapshot_every)).await;
+    let mut gw = srv.gateway().await;
+    let mut a = vec![srv.agent("a1").await, srv.agent("a2").await, srv.agent("a3").await];
+    serve(&mut gw, &mut a[0], "rr1", "a1").await;
+    serve(&mut gw, &mut a[1], "rr2", "a2").await;
+    tokio::time::sleep(Duration::from_millis(2200)).await; // wrap-ups over
+    if snapshots {
+        tokio::time::sleep(Duration::from_millis(1200)).await; // the snapshot loop runs every second
+        assert!(journal_rows(&srv).await.1 > 0, "a snapshot was written");
+    }
+    drop((a, gw));
+    let srv = restart(srv).await;
+    if snapshots {
+        let (journal, _) = journal_rows(&srv).await;
+        assert!(journal < 20, "the journal was truncated behind the snapshot ({journal} rows)");
+    }
+    let mut gw = srv.gateway().await;
+    let mut a = vec![available(&srv, "a1").await, available(&srv, "a2").await, available(&srv, "a3").await];
+    serve(&mut gw, &mut a[2], "rr3", "a3").await;
+
+    // Waiting calls keep their order, a callback keeps its caller's place.
+    for c in a.iter_mut() {
+        away(c).await;
+    }
+    gw.inbound("w1", N).await;
+    gw.inbound("w2", N).await;
+    gw.acked(json!({"type": "callback.requested", "call_id": "w1"})).await;
+    let cb = gw.expect_for("callback.accepted", "w1").await["callback_id"].as_str().expect("id").to_string();
+    drop((a, gw));
+    let srv = restart(srv).await;
+    let mut gw = srv.gateway().await;
+    let mut a3 = available(&srv, "a3").await;
+    let offer = a3.accept_next().await;
+    assert_eq!(offer["callback_id"], cb, "the callback kept w1's place, ahead of w2");
+    gw.c.expect_where("callback.dial", |m| m["type"] == "callback.dial").await;
+    gw.acked(json!({"type": "callback.result", "callback_id": cb, "outcome": "no_answer"})).await;
+    let failed_at = tokio::time::Instant::now();
+    assert_eq!(a3.accept_next().await["call_id"], "w2");
+    gw.expect_for("call.bridge", "w2").await;
+    gw.acked(json!({"type": "call.answered", "call_id": "w2", "agent": "a3"})).await;
+
+    // The retry schedule survives: offered 2s after the failed attempt,
+    // not at once after the restart.
+    drop((a3, gw));
+    let srv = restart(srv).await;
+    let mut gw = srv.gateway().await;
+    let mut a1 = available(&srv, "a1").await;
+    let retry = a1.expect("offer").await;
+    assert_eq!(retry["callback_id"], cb);
+    assert!(failed_at.elapsed() >= Duration::from_millis(1900), "retried after {:?}", failed_at.elapsed());
+    a1.send(json!({"type": "offer.accept", "offer_id": retry["offer_id"]})).await;
+    a1.expect("offer.won").await;
+    let dial = gw.c.expect_where("callback.dial", |m| m["type"] == "callback.dial").await;
+    gw.acked(json!({"type": "callback.result", "callback_id": cb, "outcome": "connected"})).await;
+    gw.acked(json!({"type": "call.ended", "call_id": dial["call_id"], "reason": "agent_hangup"})).await;
+    let ended_at = tokio::time::Instant::now();
+
+    // a1 is now in wrap-up for 2s; restart in the middle of it. The
+    // deadline is absolute: a1 is offered a call only once it has passed.
+    drop((a1, gw));
+    let srv = restart(srv).await;
+    let mut gw = srv.gateway().await;
+    let mut a1 = srv.agent("a1").await;
+    gw.inbound("after", N).await;
+    let offer = a1.expect("offer").await;
+    assert_eq!(offer["call_id"], "after");
+    assert!(ended_at.elapsed() >= Duration::from_millis(1900), "offered {:?} after the call ended", ended_at.elapsed());
+
+    let (_, calls) = get_json(srv.addr, "/v1/calls?limit=100", "alice-token").await;
+    let outcome = |id: &str| {
+        calls["items"].as_array().expect("items").iter().find(|c| c["id"] == id).map(|c| c["outcome"].clone())
+    };
+    assert_eq!(outcome(&cb), Some(json!("callback_completed")));
+    assert_eq!(outcome("w1"), Some(json!("callback_requested")));
+    assert_eq!(outcome("rr1"), Some(json!("answered")));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restarts_from_the_journal() {
+    state_survives_a_restart(1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restarts_from_snapshots() {
+    state_survives_a_restart(3).await;
+}
