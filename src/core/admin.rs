@@ -261,13 +261,9 @@ impl NumberPatch {
 pub(crate) struct UserAdmin {
     /// The pending invitation of an `invited` user.
     pub(crate) invite: Option<Invite>,
-    /// The role was set through the API (invite, role change, transfer):
-    /// provisioning no longer resets it from the file.
-    pub(crate) role_from_api: bool,
 }
 
-/// Per-account admin bookkeeping: billing and what the API took over from
-/// the config file.
+/// Per-account admin bookkeeping: billing.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub(crate) struct AccountAdmin {
@@ -278,12 +274,6 @@ pub(crate) struct AccountAdmin {
     /// Seats paid for in the current cycle.
     pub(crate) paid_seats: u32,
     pub(crate) ledger: Vec<super::billing::LedgerEntry>,
-    /// The owner changed the plan through the API: the file's plan no
-    /// longer applies.
-    pub(crate) plan_from_api: bool,
-    /// Numbers created or changed through the API: the file's version of
-    /// them no longer applies.
-    pub(crate) api_numbers: BTreeSet<NumberId>,
 }
 
 pub const MAX_NAME_CHARS: usize = 100;
@@ -379,9 +369,6 @@ impl Account {
             }
             AdminCommand::UpsertNumber { number, spec } => {
                 Self::system_only(by)?;
-                if self.admin.api_numbers.contains(&number) {
-                    return Ok(Reply::ReadOnly);
-                }
                 self.upsert_number(number, spec)
             }
             AdminCommand::SetPrices { prices } => {
@@ -424,10 +411,6 @@ impl Account {
     fn set_plan(&mut self, by: By, plan: Plan) -> Result<Reply, CoreError> {
         match by {
             By::System => {
-                // The owner's choice through the API wins over the file.
-                if self.admin.plan_from_api {
-                    return Ok(Reply::ReadOnly);
-                }
                 // The file is the operator's word: a downgrade applies even
                 // with supervisors (they keep the role but lose monitoring
                 // and queue stats until the plan is pro again).
@@ -468,7 +451,6 @@ impl Account {
                     }
                 }
                 self.plan = plan;
-                self.admin.plan_from_api = true;
                 self.after_plan_change();
                 Ok(Reply::Done)
             }
@@ -520,7 +502,6 @@ impl Account {
         }
         let user = self.user_mut(u);
         user.role = role;
-        user.admin.role_from_api = by != By::System;
         self.drop_unauthorized_subscriptions();
         self.publish_user(u);
         Ok(Reply::Done)
@@ -551,7 +532,6 @@ impl Account {
         for (u, role) in [(t, Role::Owner), (owner, Role::Admin)] {
             let user = self.user_mut(u);
             user.role = role;
-            user.admin.role_from_api = true;
             self.publish_user(u);
         }
         Ok(Reply::Done)
@@ -615,7 +595,9 @@ impl Account {
                 let current = self.user(u).role;
                 let role = if owner == Some(u) {
                     Role::Owner
-                } else if (role == Role::Owner && owner.is_some()) || self.user(u).admin.role_from_api {
+                } else if role == Role::Owner && owner.is_some() {
+                    // One owner per account: after a transfer at run time
+                    // the file's owner does not get the role back.
                     current
                 } else {
                     role
@@ -747,7 +729,6 @@ impl Account {
         }
         self.check_api_spec(&id, &spec)?;
         let r = self.upsert_number(id.clone(), *spec)?;
-        self.admin.api_numbers.insert(id);
         Ok(r)
     }
 
@@ -777,7 +758,6 @@ impl Account {
         }
         self.check_api_spec(&id, &spec)?;
         let r = self.upsert_number(id.clone(), spec)?;
-        self.admin.api_numbers.insert(id);
         Ok(r)
     }
 

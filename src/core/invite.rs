@@ -227,7 +227,6 @@ impl Account {
             let mut user =
                 User::new(id.clone(), spec.email.trim().to_string(), spec.role, Lifecycle::Invited, self.now);
             user.admin.invite = Some(Invite { hash: spec.invite_hash, sent_at: self.now });
-            user.admin.role_from_api = true;
             self.users.push(user);
             self.user_ix.insert(id, u);
             if let Some(n) = spec.number.as_ref().and_then(|n| self.number_named(n)) {

@@ -838,7 +838,7 @@ fn ownership_transfer_needs_reauthentication_and_makes_the_old_owner_an_admin() 
 }
 
 #[test]
-fn provisioning_never_makes_a_second_owner_and_keeps_run_time_roles() {
+fn provisioning_matches_the_file_but_never_makes_a_second_owner() {
     let mut b = world(Pro);
     // A new file user named owner while the account has one: an admin.
     add_user(&mut b, "acme", "boss", Role::Owner);
@@ -846,11 +846,13 @@ fn provisioning_never_makes_a_second_owner_and_keeps_run_time_roles() {
     // The owner stays owner whatever the file says.
     add_user(&mut b, "acme", "own", Role::Agent);
     assert_eq!(role_of(&b, "own"), Role::Owner);
-    // A role changed through the API is not reset by the file...
+    // The file is authoritative for what it declares (PROTOCOL: "updated
+    // to match the file when present"): a role changed through the API is
+    // set back by the next provisioning.
     done(&by(&mut b, "own", AdminCommand::SetRole { user: "agt".into(), role: Role::Admin }));
-    add_user(&mut b, "acme", "agt", Role::Agent);
     assert_eq!(role_of(&b, "agt"), Role::Admin);
-    // ... one the API never touched follows the file.
+    add_user(&mut b, "acme", "agt", Role::Agent);
+    assert_eq!(role_of(&b, "agt"), Role::Agent);
     add_user(&mut b, "acme", "t1", Role::Supervisor);
     assert_eq!(role_of(&b, "t1"), Role::Supervisor);
     // A removed user stays removed and gets no new token from the file.
@@ -1030,7 +1032,8 @@ fn patches_change_only_what_they_name_and_apply_to_the_next_decision() {
         assert_eq!(back, p, "{json}");
     }
 
-    // The file no longer provisions a number the API changed.
+    // The file is authoritative for the numbers it declares: provisioning
+    // sets an API change back.
     done(&by(
         &mut b,
         "adm",
@@ -1039,9 +1042,10 @@ fn patches_change_only_what_they_name_and_apply_to_the_next_decision() {
             patch: Box::new(NumberPatch { name: Some("API".into()), ..Default::default() }),
         },
     ));
-    let h = b.admin(AdminCommand::UpsertNumber { number: N.into(), spec: spec("File", &["t1"], None) });
-    assert_eq!(h.result, Ok(Reply::ReadOnly));
     assert_eq!(view(&b, N).name, "API");
+    let h = b.admin(AdminCommand::UpsertNumber { number: N.into(), spec: spec("File", &["t1"], None) });
+    assert_eq!(h.result, Ok(Reply::Done));
+    assert_eq!(view(&b, N).name, "File");
     b.check();
 }
 
@@ -1197,9 +1201,9 @@ fn plan_changes_are_the_owners_and_checked() {
     assert_eq!(v.ledger.last().map(|e| (e.kind, e.amount_cents)), Some((LedgerKind::PlanChanged, 0)));
     assert_eq!(v.next_invoice.unit_cents, 2900);
     assert_eq!(by(&mut b, "own", to(Plan::Team)).result, Ok(Reply::ReadOnly));
-    // The owner's choice wins over the file's plan at the next start.
-    assert_eq!(b.admin(to(Plan::Pro)).result, Ok(Reply::ReadOnly));
-    assert_eq!(billing(&b, "own").plan, Plan::Team);
+    // The plan is declared in the file: the next start applies the file's.
+    assert_eq!(b.admin(to(Plan::Pro)).result, Ok(Reply::Done));
+    assert_eq!(billing(&b, "own").plan, Plan::Pro);
 }
 
 #[test]
