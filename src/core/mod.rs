@@ -92,8 +92,9 @@ impl AccountState {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Handled {
     /// Whether the input (with its time) must be journaled: it changed
-    /// state, or timers fired while handling it. A refused input never
-    /// changes state.
+    /// state. A refused input never changes state. Timers that fired on
+    /// the way need no journaling: replay fires them again at the same
+    /// deadlines.
     pub journal: bool,
     pub result: Result<Reply, CoreError>,
 }
@@ -200,8 +201,14 @@ impl Engine {
         f: impl FnOnce(&mut Account) -> Result<Reply, CoreError>,
     ) -> Result<Reply, CoreError> {
         let acc = &mut self.accounts[a];
+        let before = acc.now;
         acc.now = acc.now.max(self.now);
         let r = f(acc);
+        // An input that changed nothing leaves no trace, not even the time:
+        // it is not journaled, so replay would not see it either.
+        if !matches!(r, Ok(Reply::Done)) {
+            acc.now = before;
+        }
         acc.settle();
         self.outputs.extend(acc.out.drain(..));
         self.refresh_deadline(a);

@@ -472,13 +472,23 @@ async fn create_number(
     // Numbers are unique across accounts, and accounts live on different
     // shards: the directory (which every shard feeds) is the one place
     // that sees them all.
-    if app.dir.account_of_number(&b.number).is_some_and(|a| a != caller.account) {
-        return Err(refuse(ErrorCode::Conflict, format!("number {} belongs to another account", b.number)));
-    }
+    // The claim is atomic, so two accounts creating the same number at
+    // once cannot both succeed.
+    let claimed = match app.dir.reserve_number(&b.number, &caller.account) {
+        Ok(claimed) => claimed,
+        Err(_) => return Err(refuse(ErrorCode::Conflict, format!("number {} belongs to another account", b.number))),
+    };
     let spec =
         NumberSpec { name: b.name, assigned: b.assigned, caller_id: b.caller_id, routing: b.routing, queue: b.queue };
     let number = b.number;
-    run(&app, &caller, AdminCommand::CreateNumber { number: number.clone(), spec: Box::new(spec) }).await?;
+    let created_now =
+        run(&app, &caller, AdminCommand::CreateNumber { number: number.clone(), spec: Box::new(spec) }).await;
+    if let Err(e) = created_now {
+        if claimed {
+            app.dir.release_number(&number, &caller.account);
+        }
+        return Err(e);
+    }
     Ok(created(view(&app, &caller, move |e, a, who| e.view_number(a, who, &number)).await?))
 }
 

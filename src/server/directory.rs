@@ -136,6 +136,25 @@ impl Directory {
         self.routes.get(key).map(|e| e.value().clone())
     }
 
+    /// Claims a number for `account` before it is created, atomically across
+    /// shards. `Ok(true)` if this call claimed it, `Ok(false)` if the
+    /// account already had it, `Err(owner)` if another account has it.
+    pub fn reserve_number(&self, number: &NumberId, account: &AccountId) -> Result<bool, AccountId> {
+        match self.numbers.entry(number.clone()) {
+            dashmap::Entry::Occupied(e) if e.get() == account => Ok(false),
+            dashmap::Entry::Occupied(e) => Err(e.get().clone()),
+            dashmap::Entry::Vacant(e) => {
+                e.insert(account.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    /// Gives back a claim whose creation failed.
+    pub fn release_number(&self, number: &NumberId, account: &AccountId) {
+        self.numbers.remove_if(number, |_, a| a == account);
+    }
+
     pub fn bind(&self, key: RouteKey, account: &AccountId) {
         self.routes.insert(key, account.clone());
     }
@@ -234,6 +253,19 @@ mod tests {
         d.apply(&change(Lifecycle::Active, "new-token"));
         assert_eq!(d.authenticate("alice-token"), Err(AuthError::Unknown));
         assert!(d.authenticate("new-token").is_ok());
+    }
+
+    #[test]
+    fn a_number_is_claimed_by_one_account_only() {
+        let d = dir();
+        let n: NumberId = "+15550100".into();
+        assert_eq!(d.reserve_number(&n, &"acme".into()), Ok(true));
+        assert_eq!(d.reserve_number(&n, &"acme".into()), Ok(false));
+        assert_eq!(d.reserve_number(&n, &"globex".into()), Err("acme".into()));
+        d.release_number(&n, &"globex".into());
+        assert_eq!(d.account_of_number(&n), Some("acme".into()), "only the claimer can release");
+        d.release_number(&n, &"acme".into());
+        assert_eq!(d.reserve_number(&n, &"globex".into()), Ok(true));
     }
 
     #[test]
