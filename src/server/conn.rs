@@ -123,6 +123,9 @@ impl ConnRx {
     }
 }
 
+/// How long a closing connection may take to flush its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Writes queued messages until the connection is closed; sends a ping
 /// every `ping_every`. Returns why it stopped.
 pub async fn write_loop(
@@ -158,8 +161,15 @@ pub async fn write_loop(
                     }
                 };
                 let Some(frame) = frame else { continue };
-                if sink.send(frame).await.is_err() {
-                    break None;
+                // A peer that stops reading blocks this send once the
+                // kernel's buffers are full; a close requested meanwhile
+                // (its queue overflowed) must still end the connection.
+                tokio::select! {
+                    biased;
+                    sent = sink.send(frame) => if sent.is_err() { break None },
+                    changed = rx.kill.changed() => {
+                        break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
+                    }
                 }
                 // Event received to offer (or ack) written to the socket.
                 if let (Some(name), Some(born)) = (metric, born) {
@@ -167,17 +177,26 @@ pub async fn write_loop(
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
+                tokio::select! {
+                    biased;
+                    sent = sink.send(Message::Ping(Default::default())) => if sent.is_err() { break None },
+                    changed = rx.kill.changed() => {
+                        break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
+                    }
                 }
             }
         }
     };
-    if let Some(req) = &reason {
-        let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    }
-    let _ = sink.close().await;
+    // The close frame queues behind whatever the peer has not read yet; a
+    // peer that reads nothing gets its socket dropped after the grace.
+    let goodbye = async {
+        if let Some(req) = &reason {
+            let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
     reason
 }
 

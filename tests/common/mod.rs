@@ -284,6 +284,12 @@ impl Client {
         self.ws.send(msg).await.expect("send");
     }
 
+    /// Drops messages read while waiting for something else.
+    #[allow(dead_code)]
+    pub fn forget_backlog(&mut self) {
+        self.backlog.clear();
+    }
+
     pub async fn send_raw(&mut self, msg: Message) {
         self.ws.send(msg).await.expect("send");
     }
