@@ -12,7 +12,7 @@ use super::offer::Offer;
 use super::output::{DirectoryChange, Output, RouteKey};
 use super::queue::{Entry, QKey};
 use super::recent::Recent;
-use super::team::Plan;
+use super::team::{Lifecycle, Plan, Role};
 use super::time::{Instant, Timestamp};
 use super::timers::{Timer, TimerKey, Timers};
 use super::user::{Activity, User, Wants};
@@ -68,6 +68,12 @@ pub(crate) struct Account {
     pub(crate) timers: Timers,
     pub(crate) counters: Counters,
     pub(crate) admin: super::admin::AccountAdmin,
+    /// Derived, kept in step by `add_user`, `set_user_role` and
+    /// `set_user_lifecycle` so that no per-user change scans every user:
+    /// users in `active`, users still `invited`, and the owner.
+    pub(crate) active_users: u32,
+    pub(crate) invited_users: BTreeSet<UserIx>,
+    pub(crate) owner_ix: Option<UserIx>,
     pub(crate) now: Instant,
 
     // Scratch for one input; empty between inputs.
@@ -105,6 +111,9 @@ impl Account {
             timers: Timers::default(),
             counters: Counters::default(),
             admin: Default::default(),
+            active_users: 0,
+            invited_users: BTreeSet::new(),
+            owner_ix: None,
             now,
             freed: VecDeque::new(),
             dirty: BTreeSet::new(),
@@ -212,6 +221,54 @@ impl Account {
 
     pub(crate) fn arm(&mut self, at: Instant, t: Timer) -> TimerKey {
         self.timers.arm(at, t)
+    }
+
+    // ---- the team ----------------------------------------------------------
+
+    /// Adds a user; the only way users are created.
+    pub(crate) fn add_user(&mut self, user: User) -> UserIx {
+        let u = UserIx(self.users.len() as u32);
+        self.user_ix.insert(user.id.clone(), u);
+        let (role, lifecycle) = (user.role, user.lifecycle);
+        self.users.push(user);
+        self.count_user(u, role, lifecycle, 1);
+        u
+    }
+
+    pub(crate) fn set_user_role(&mut self, u: UserIx, role: Role) {
+        let (old, lifecycle) = (self.user(u).role, self.user(u).lifecycle);
+        self.count_user(u, old, lifecycle, -1);
+        self.user_mut(u).role = role;
+        self.count_user(u, role, lifecycle, 1);
+    }
+
+    /// Changes only the lifecycle field and the counts; callers re-derive
+    /// presence (pools, connections) themselves.
+    pub(crate) fn set_user_lifecycle(&mut self, u: UserIx, lifecycle: Lifecycle) {
+        let (role, old) = (self.user(u).role, self.user(u).lifecycle);
+        self.count_user(u, role, old, -1);
+        self.user_mut(u).lifecycle = lifecycle;
+        self.count_user(u, role, lifecycle, 1);
+    }
+
+    fn count_user(&mut self, u: UserIx, role: Role, lifecycle: Lifecycle, sign: i32) {
+        match lifecycle {
+            Lifecycle::Active => self.active_users = self.active_users.saturating_add_signed(sign),
+            Lifecycle::Invited if sign > 0 => {
+                self.invited_users.insert(u);
+            }
+            Lifecycle::Invited => {
+                self.invited_users.remove(&u);
+            }
+            Lifecycle::Deactivated | Lifecycle::Removed => {}
+        }
+        if role == Role::Owner && lifecycle != Lifecycle::Removed {
+            if sign > 0 {
+                self.owner_ix = Some(u);
+            } else if self.owner_ix == Some(u) {
+                self.owner_ix = None;
+            }
+        }
     }
 
     // ---- presence ------------------------------------------------------

@@ -346,10 +346,7 @@ impl Account {
 
     /// The account's owner (there is at most one; none before provisioning).
     pub(crate) fn owner(&self) -> Option<UserIx> {
-        self.users
-            .iter()
-            .position(|u| u.role == Role::Owner && u.lifecycle != Lifecycle::Removed)
-            .map(|i| UserIx(i as u32))
+        self.owner_ix
     }
 
     fn admin_cmd(&mut self, by: By, cmd: AdminCommand) -> Result<Reply, CoreError> {
@@ -500,8 +497,7 @@ impl Account {
         if target.role == role {
             return Ok(Reply::ReadOnly);
         }
-        let user = self.user_mut(u);
-        user.role = role;
+        self.set_user_role(u, role);
         self.drop_unauthorized_subscriptions();
         self.publish_user(u);
         Ok(Reply::Done)
@@ -529,11 +525,11 @@ impl Account {
                 self.user(t).lifecycle.as_str()
             )));
         }
-        for (u, role) in [(t, Role::Owner), (owner, Role::Admin)] {
-            let user = self.user_mut(u);
-            user.role = role;
-            self.publish_user(u);
-        }
+        // Demote first: the owner cache holds one owner at a time.
+        self.set_user_role(owner, Role::Admin);
+        self.set_user_role(t, Role::Owner);
+        self.publish_user(t);
+        self.publish_user(owner);
         Ok(Reply::Done)
     }
 
@@ -603,9 +599,9 @@ impl Account {
                     role
                 };
                 supervisor_check(self.plan, role, Some(current))?;
+                self.set_user_role(u, role);
                 let user = self.user_mut(u);
                 user.email = email;
-                user.role = role;
                 // A removed user's token is revoked for good: the file
                 // cannot give it a new one.
                 if token_hash.is_some() && user.lifecycle != Lifecycle::Removed {
@@ -616,11 +612,10 @@ impl Account {
             None => {
                 let role = if role == Role::Owner && owner.is_some() { Role::Admin } else { role };
                 supervisor_check(self.plan, role, None)?;
-                let u = UserIx(u32::try_from(self.users.len()).map_err(|_| CoreError::conflict("too many users"))?);
+                u32::try_from(self.users.len()).map_err(|_| CoreError::conflict("too many users"))?;
                 let mut user = User::new(id.clone(), email, role, Lifecycle::Active, self.now);
                 user.token_hash = token_hash;
-                self.users.push(user);
-                self.user_ix.insert(id.clone(), u);
+                let u = self.add_user(user);
                 self.publish_user(u);
                 self.charge_new_seats(Some(id));
             }
@@ -661,8 +656,8 @@ impl Account {
                 self.out.push(Output::Close { conn, reason });
             }
         }
+        self.set_user_lifecycle(u, lifecycle);
         self.change_user(u, |user, _| {
-            user.lifecycle = lifecycle;
             if lifecycle != Lifecycle::Active {
                 user.conns.clear();
             }
@@ -708,12 +703,13 @@ impl Account {
 
     fn resolve_users(&self, ids: &[UserId], what: &str) -> Result<Vec<UserIx>, CoreError> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut seen = rustc_hash::FxHashSet::default();
         for id in ids {
             let u = self.user_named(id).ok_or_else(|| CoreError::bad_request(format!("{what}: no user {id}")))?;
             if self.user(u).lifecycle == Lifecycle::Removed {
                 return Err(CoreError::bad_request(format!("{what}: user {id} was removed")));
             }
-            if !out.contains(&u) {
+            if seen.insert(u) {
                 out.push(u);
             }
         }
@@ -875,10 +871,11 @@ impl Account {
         let targets: Vec<UserIx> = match &number.routing.targets {
             Some(ids) => {
                 let mut t = Vec::new();
+                let mut seen = rustc_hash::FxHashSet::default();
                 for id in ids {
                     if let Some(u) = self.user_named(id)
                         && self.user(u).lifecycle != Lifecycle::Removed
-                        && !t.contains(&u)
+                        && seen.insert(u)
                     {
                         t.push(u);
                     }

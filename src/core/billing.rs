@@ -22,7 +22,7 @@
 use super::account::Account;
 use super::error::CoreError;
 use super::ids::UserId;
-use super::team::{Lifecycle, Plan};
+use super::team::Plan;
 use super::time::Instant;
 use super::timers::{Timer, TimerKey};
 use crate::config::Billing;
@@ -99,7 +99,7 @@ pub fn prorate(unit_cents: u64, days: u32, cycle_days: u32) -> u64 {
 impl Account {
     /// Active users: the seats billed.
     pub(crate) fn active_seats(&self) -> u32 {
-        self.users.iter().filter(|u| u.lifecycle == Lifecycle::Active).count() as u32
+        self.active_users
     }
 
     /// Seats the plan limit counts: active users plus invitations that can
@@ -111,14 +111,12 @@ impl Account {
     /// [`Account::seat_holders`] as of `now` (read-only views run at the
     /// engine's time, which may be ahead of the account's last input).
     pub(crate) fn seat_holders_at(&self, now: Instant) -> u32 {
-        self.users
+        let pending = self
+            .invited_users
             .iter()
-            .filter(|u| match u.lifecycle {
-                Lifecycle::Active => true,
-                Lifecycle::Invited => u.admin.invite.as_ref().is_some_and(|i| !i.expired(now)),
-                Lifecycle::Deactivated | Lifecycle::Removed => false,
-            })
-            .count() as u32
+            .filter(|&&u| self.user(u).admin.invite.as_ref().is_some_and(|i| !i.expired(now)))
+            .count() as u32;
+        self.active_users + pending
     }
 
     /// Refuses taking `extra` more seats when the plan caps seats

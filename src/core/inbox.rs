@@ -114,10 +114,21 @@ impl Account {
         };
         self.send_user(u, item(ref_));
         if !restricted {
-            for other in self.number(n).assigned.clone() {
-                if other != u && self.user(other).active() {
-                    self.send_user(other, item(None));
-                }
+            let others: Vec<_> = self
+                .number(n)
+                .assigned
+                .iter()
+                .filter(|&&o| o != u)
+                .map(|&o| self.user(o))
+                .filter(|user| user.active() && user.connected())
+                .map(|user| user.id.clone())
+                .collect();
+            if !others.is_empty() {
+                self.out.push(super::output::Output::Users {
+                    account: self.id.clone(),
+                    users: others,
+                    msg: item(None),
+                });
             }
         }
         self.send_gateway(GatewayCommand::MessageSend {

@@ -87,6 +87,19 @@ impl Account {
                 user.id
             );
         }
+        // The team counts match the users.
+        let active = self.users.iter().filter(|u| u.lifecycle == super::team::Lifecycle::Active).count() as u32;
+        ensure!(active == self.active_users, "active users counted {} but {active}", self.active_users);
+        let invited: BTreeSet<UserIx> = (0..self.users.len() as u32)
+            .map(UserIx)
+            .filter(|&u| self.user(u).lifecycle == super::team::Lifecycle::Invited)
+            .collect();
+        ensure!(invited == self.invited_users, "invited users out of date");
+        let owner = (0..self.users.len() as u32).map(UserIx).find(|&u| {
+            let user = self.user(u);
+            user.role == super::team::Role::Owner && user.lifecycle != super::team::Lifecycle::Removed
+        });
+        ensure!(owner == self.owner_ix, "owner cached as {:?} but is {owner:?}", self.owner_ix);
         // Per number: derived sets match the entries and users.
         for (ni, number) in self.numbers.iter().enumerate() {
             let n = super::NumberIx(ni as u32);

@@ -223,12 +223,10 @@ impl Account {
             return Err(CoreError::conflict("too many users"));
         }
         for (spec, id) in specs.into_iter().zip(ids) {
-            let u = UserIx(self.users.len() as u32);
             let mut user =
                 User::new(id.clone(), spec.email.trim().to_string(), spec.role, Lifecycle::Invited, self.now);
             user.admin.invite = Some(Invite { hash: spec.invite_hash, sent_at: self.now });
-            self.users.push(user);
-            self.user_ix.insert(id, u);
+            let u = self.add_user(user);
             if let Some(n) = spec.number.as_ref().and_then(|n| self.number_named(n)) {
                 self.number_mut(n).assigned.push(u);
                 self.rebuild_number(n, &[]);
@@ -278,8 +276,8 @@ impl Account {
         }
         self.check_seat_limit(self.active_seats(), 1)?;
         let id = self.user(u).id.clone();
+        self.set_user_lifecycle(u, Lifecycle::Active);
         self.change_user(u, |user, _| {
-            user.lifecycle = Lifecycle::Active;
             user.token_hash = Some(token_hash);
             user.admin.invite = None;
         });

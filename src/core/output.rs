@@ -12,6 +12,9 @@ pub enum Output {
     Gateway { account: AccountId, cmd: GatewayCommand },
     /// A message for every open connection of `user`.
     User { account: AccountId, user: UserId, msg: AgentMessage },
+    /// One message for every open connection of each of `users` (shared
+    /// inbox, voicemails, missed calls): built once however many receive it.
+    Users { account: AccountId, users: Vec<UserId>, msg: AgentMessage },
     /// A message for one connection (replies, subscriptions).
     Conn { conn: ConnId, msg: AgentMessage },
     /// Close a connection (its user was deactivated or removed).

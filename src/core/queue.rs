@@ -5,9 +5,9 @@
 
 use super::account::Account;
 use super::history::{CallKind, CallRecord, Outcome};
-use super::ids::{CallId, CallbackId, OfferId, Phone};
+use super::ids::{CallId, CallbackId, OfferId, Phone, UserId};
 use super::offer::OfferEnd;
-use super::output::RouteKey;
+use super::output::{Output, RouteKey};
 use super::recent::RecentKey;
 use super::settings::Overflow;
 use super::time::Instant;
@@ -346,11 +346,16 @@ impl Account {
 
     /// Sends `msg` to every connected, active user assigned to number `n`.
     pub(crate) fn send_assigned(&mut self, n: NumberIx, msg: AgentMessage) {
-        let assigned = self.number(n).assigned.clone();
-        for u in assigned {
-            if self.user(u).active() {
-                self.send_user(u, msg.clone());
-            }
+        let users: Vec<UserId> = self
+            .number(n)
+            .assigned
+            .iter()
+            .map(|&u| self.user(u))
+            .filter(|user| user.active() && user.connected())
+            .map(|user| user.id.clone())
+            .collect();
+        if !users.is_empty() {
+            self.out.push(Output::Users { account: self.id.clone(), users, msg });
         }
     }
 }

@@ -232,11 +232,13 @@ impl Bed {
             .collect()
     }
 
+    /// Messages for `user`, sent to it alone or to several users at once.
     pub fn user_msgs(&self, user: &str) -> Vec<AgentMessage> {
         self.out
             .iter()
             .filter_map(|o| match o {
                 Output::User { user: u, msg, .. } if u.as_str() == user => Some(msg.clone()),
+                Output::Users { users, msg, .. } if users.iter().any(|u| u.as_str() == user) => Some(msg.clone()),
                 _ => None,
             })
             .collect()

@@ -134,6 +134,18 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
                 }
             }
         }
+        Output::Users { account, users, msg } => {
+            let msg = Arc::new(msg);
+            for user in users {
+                if let Some(conns) = app.dir.user_conns.get(&(account.clone(), user)) {
+                    for id in conns.iter() {
+                        if let Some(c) = app.dir.conns.get(id) {
+                            c.send(Outbound::Agent { msg: msg.clone(), born });
+                        }
+                    }
+                }
+            }
+        }
         Output::Conn { conn, msg } => {
             if let Some(c) = app.dir.conns.get(&conn) {
                 c.send(Outbound::Agent { msg: Arc::new(msg), born });
