@@ -1,8 +1,6 @@
 //! `GET /v1/agent`: one softphone connection of one user.
 
-use super::conn::{
-    AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, ReadPolicy, close, finish_writer, read_loop, write_loop,
-};
+use super::conn::{AbuseMeter, ConnHandle, ConnKind, Outbound, RateLimit, ReadPolicy, close, serve_single};
 use super::directory::{AuthError, Identity};
 use super::shard::Origin;
 use super::wire::{Encoding, WireError, decode_agent};
@@ -15,9 +13,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use std::sync::Arc;
-use tracing::Instrument;
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -42,10 +38,10 @@ pub async fn upgrade(
     if !app.ready.load(std::sync::atomic::Ordering::Acquire) || *app.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
-    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| {
-        let span = tracing::info_span!("agent", %account, %user);
-        run(app, socket, account, user, encoding).instrument(span)
-    })
+    // No tracing span per connection: it would be held (and paid for in
+    // memory) for the connection's whole life; the few events name the
+    // connection instead.
+    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| run(app, socket, account, user, encoding))
 }
 
 async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId, encoding: Encoding) {
@@ -61,10 +57,7 @@ async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId,
     app.dir.conns.insert(id, handle.clone());
     app.dir.user_conns.entry((account.clone(), user.clone())).or_default().push(id);
     metrics::gauge!("ringline_connections", "kind" => "agent").increment(1.0);
-    tracing::debug!(conn = id.0, "connected");
-
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, rx, encoding, app.journal.clone(), cfg.ping_interval, app.clock));
+    tracing::debug!(conn = id.0, %account, %user, "agent connected");
     let connected = shard.call(&app, Input::Connect { account: account.clone(), user: user.clone(), conn: id }).await;
     if let Err(e) = connected {
         handle.send(Outbound::Agent {
@@ -91,12 +84,12 @@ async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId,
         let msg = AgentMessage::Error { ref_: e.ref_, code: e.code, message: e.message };
         handle.send(Outbound::Agent { msg: Arc::new(msg), born: None });
     };
-    read_loop(&mut stream, &handle, &mut writer, app.shutdown.clone(), policy, on_frame, on_error).await;
-    finish_writer(&handle, writer).await;
+    let ping = cfg.ping_interval;
+    serve_single(socket, &handle, rx, encoding, ping, app.shutdown.clone(), policy, on_frame, on_error).await;
     forget(&app, &account, &user, id);
     shard.input(Input::Disconnect { account, conn: id }, Origin::None);
     metrics::gauge!("ringline_connections", "kind" => "agent").decrement(1.0);
-    tracing::debug!(conn = id.0, "disconnected");
+    tracing::debug!(conn = id.0, "agent disconnected");
 }
 
 fn forget(app: &App, account: &AccountId, user: &UserId, id: ConnId) {

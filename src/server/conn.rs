@@ -293,6 +293,136 @@ pub async fn read_loop(
     }
 }
 
+/// One softphone connection in one task: reads frames, writes queued
+/// messages, pings, and enforces the read policy. Agents are the bulk of
+/// all connections, so they get no second (writer) task, no split socket
+/// and one timer for both keep-alive and the idle timeout; that is what
+/// keeps an idle connection near the cost of a bare WebSocket. (Gateways
+/// keep [`read_loop`] and [`write_loop`]: their writer waits for the
+/// journal, which must not stop their reading.)
+///
+/// While a write to a peer that stopped reading is blocked, nothing is
+/// read from it; a close requested meanwhile still ends the connection.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_single(
+    mut socket: WebSocket,
+    handle: &ConnHandle,
+    mut rx: ConnRx,
+    encoding: Encoding,
+    ping_every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut policy: ReadPolicy,
+    mut on_frame: impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
+    on_error: impl Fn(WireError),
+) -> Option<CloseRequest> {
+    use crate::protocol::ErrorCode;
+    let start = Clock::tokio_now();
+    let mut heard = start;
+    let mut next_ping = start + ping_every;
+    // Fires at the next ping or the idle deadline, whichever is first; a
+    // frame only moves `heard`, so reading never re-arms a timer.
+    let timer = tokio::time::sleep_until(next_ping.min(heard + policy.idle_timeout));
+    tokio::pin!(timer);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            changed = rx.kill.changed() => {
+                break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
+            }
+            // (Mapped to `()` so the borrow of `shutdown` ends with it.)
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                break Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() });
+            }
+            out = rx.rx.recv() => {
+                let Some(Outbound::Agent { msg, born }) = out else {
+                    if out.is_none() { break None }
+                    continue;
+                };
+                let Some(frame) = encode(encoding, &*msg) else { continue };
+                if let Err(stop) = send_unless_closed(&mut socket, frame, &mut rx.kill, &mut shutdown).await {
+                    break stop;
+                }
+                if let (true, Some(born)) = (matches!(*msg, AgentMessage::Offer { .. }), born) {
+                    metrics::histogram!("ringline_offer_latency_seconds").record(born.elapsed().as_secs_f64());
+                }
+            }
+            frame = socket.recv() => {
+                let msg = match frame {
+                    None => break None,
+                    Some(Err(e)) => break read_failure(e).map(|(code, reason)| CloseRequest { code, reason: reason.into() }),
+                    Some(Ok(m)) => m,
+                };
+                let now = Clock::tokio_now();
+                heard = now;
+                let (bytes, enc) = match &msg {
+                    Message::Text(t) => (t.as_bytes(), Encoding::Json),
+                    Message::Binary(b) => (&b[..], Encoding::MsgPack),
+                    Message::Close(_) => break None,
+                    _ => continue,
+                };
+                let outcome = if bytes.len() > policy.max_frame_bytes {
+                    let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), policy.max_frame_bytes);
+                    Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
+                } else if !policy.rate.allow(now) {
+                    Err(WireError { code: ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
+                } else {
+                    on_frame(bytes, enc)
+                };
+                if let Err(e) = outcome {
+                    on_error(e);
+                    if policy.abuse.hit(now) {
+                        break Some(CloseRequest { code: close::POLICY, reason: policy.abuse_reason.into() });
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Clock::tokio_now();
+                if now >= heard + policy.idle_timeout {
+                    break Some(CloseRequest { code: close::GOING_AWAY, reason: "idle timeout: no traffic from the peer".into() });
+                }
+                if now >= next_ping {
+                    next_ping = now + ping_every;
+                    if let Err(stop) = send_unless_closed(&mut socket, Message::Ping(Default::default()), &mut rx.kill, &mut shutdown).await {
+                        break stop;
+                    }
+                }
+                timer.as_mut().reset(next_ping.min(heard + policy.idle_timeout));
+            }
+        }
+    };
+    // Whoever closed it, later `send`s must see the connection closing.
+    if let Some(req) = &reason {
+        handle.close(req.code, &req.reason);
+    }
+    let goodbye = async {
+        if let Some(req) = &reason {
+            let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+        }
+        let _ = socket.close().await;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+    reason
+}
+
+/// Writes one frame unless the connection is closed (or the server stops)
+/// while the write waits for a peer that does not read.
+async fn send_unless_closed(
+    socket: &mut WebSocket,
+    frame: Message,
+    kill: &mut watch::Receiver<Option<CloseRequest>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), Option<CloseRequest>> {
+    tokio::select! {
+        biased;
+        sent = socket.send(frame) => sent.map_err(|_| None),
+        changed = kill.changed() => Err(if changed.is_ok() { kill.borrow().clone() } else { None }),
+        _ = shutdown.wait_for(|s| *s) => {
+            Err(Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() }))
+        }
+    }
+}
+
 /// After the reader stops: let the writer send its close frame, briefly.
 pub async fn finish_writer(handle: &ConnHandle, mut writer: tokio::task::JoinHandle<Option<CloseRequest>>) {
     if !writer.is_finished() {
