@@ -21,9 +21,11 @@ use crate::store::JournalHandle;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 #[derive(Debug)]
 pub enum Outbound {
@@ -65,61 +67,155 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub kind: ConnKind,
     pub encoding: Encoding,
-    tx: mpsc::Sender<Outbound>,
-    kill: Arc<watch::Sender<Option<CloseRequest>>>,
+    outbox: Arc<Outbox>,
+}
+
+/// A connection's outbound queue and its close request, shared by the
+/// handles and the one writer. An idle connection pays for one small
+/// allocation: the queue grows only while messages wait (a tokio `mpsc`
+/// plus a `watch` cost ~2 KiB per connection up front, a fifth of an idle
+/// connection's budget). The lock is held for a push or a pop only.
+#[derive(Debug)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    wake: Notify,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Outbound>,
+    close: Option<CloseRequest>,
+    writer_gone: bool,
+}
+
+/// Capacity a drained queue keeps; a burst's larger buffer is given back.
+const KEEP_CAPACITY: usize = 8;
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // A panic elsewhere while holding the lock leaves a queue that is
+        // still consistent (every change is one push, pop or assignment).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl ConnHandle {
     pub fn new(id: ConnId, kind: ConnKind, encoding: Encoding, queue: usize) -> (ConnHandle, ConnRx) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let (kill, kill_rx) = watch::channel(None);
-        (ConnHandle { id, kind, encoding, tx, kill: Arc::new(kill) }, ConnRx { rx, kill: kill_rx })
+        let outbox = Arc::new(Outbox { state: Mutex::default(), wake: Notify::new(), cap: queue.max(1) });
+        (ConnHandle { id, kind, encoding, outbox: outbox.clone() }, ConnRx { outbox })
     }
 
     /// Queues a message; a full queue closes the connection. Returns
-    /// whether the message was queued.
+    /// whether the message was queued (not once the connection is closing
+    /// or gone).
     pub fn send(&self, out: Outbound) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("ringline_slow_clients_total").increment(1);
-                self.close(close::POLICY, "too slow: outbound queue full");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut st = self.outbox.lock();
+        if st.writer_gone || st.close.is_some() {
+            return false;
+        }
+        if st.queue.len() >= self.outbox.cap {
+            drop(st);
+            metrics::counter!("ringline_slow_clients_total").increment(1);
+            self.close(close::POLICY, "too slow: outbound queue full");
+            return false;
+        }
+        st.queue.push_back(out);
+        drop(st);
+        self.outbox.wake.notify_one();
+        true
+    }
+
+    /// Asks the writer to close the connection; the first request wins.
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut st = self.outbox.lock();
+        if st.close.is_none() {
+            st.close = Some(CloseRequest { code, reason: reason.to_owned() });
+            drop(st);
+            self.outbox.wake.notify_one();
         }
     }
 
-    pub fn close(&self, code: u16, reason: &str) {
-        self.kill.send_if_modified(|k| {
-            if k.is_none() {
-                *k = Some(CloseRequest { code, reason: reason.to_owned() });
-                true
-            } else {
-                false
-            }
-        });
-    }
-
     pub fn is_closing(&self) -> bool {
-        self.kill.borrow().is_some()
+        self.outbox.lock().close.is_some()
     }
 }
 
+/// The writer's side of a connection's outbox.
 #[derive(Debug)]
 pub struct ConnRx {
-    rx: mpsc::Receiver<Outbound>,
-    kill: watch::Receiver<Option<CloseRequest>>,
+    outbox: Arc<Outbox>,
+}
+
+/// What the writer does next.
+#[derive(Debug)]
+pub enum Next {
+    Send(Outbound),
+    Close(CloseRequest),
 }
 
 impl ConnRx {
-    /// The next queued message (tests observe deliveries this way).
+    /// The next message to write, or the close request, which goes first
+    /// (what is still queued for a closing connection is not sent).
+    /// Cancel-safe: nothing is taken until it is returned.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut st = self.outbox.lock();
+                if let Some(req) = &st.close {
+                    return Next::Close(req.clone());
+                }
+                if let Some(out) = st.queue.pop_front() {
+                    if st.queue.is_empty() && st.queue.capacity() > KEEP_CAPACITY {
+                        st.queue.shrink_to(KEEP_CAPACITY);
+                    }
+                    return Next::Send(out);
+                }
+            }
+            // `notify_one` leaves a permit when nobody waits, so a push
+            // between the check above and this wait is not missed.
+            self.outbox.wake.notified().await;
+        }
+    }
+
+    /// Resolves once the connection is asked to close.
+    pub async fn closed(&self) -> CloseRequest {
+        loop {
+            if let Some(req) = &self.outbox.lock().close {
+                return req.clone();
+            }
+            self.outbox.wake.notified().await;
+        }
+    }
+
+    /// The next queued message; `None` once the connection is closing and
+    /// nothing is queued (tests observe deliveries this way).
     pub async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        loop {
+            {
+                let mut st = self.outbox.lock();
+                if let Some(out) = st.queue.pop_front() {
+                    return Some(out);
+                }
+                if st.close.is_some() {
+                    return None;
+                }
+            }
+            self.outbox.wake.notified().await;
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        self.outbox.lock().queue.pop_front()
+    }
+}
+
+impl Drop for ConnRx {
+    /// Nobody writes any more: refuse new messages and free queued ones.
+    fn drop(&mut self) {
+        let mut st = self.outbox.lock();
+        st.writer_gone = true;
+        st.queue = VecDeque::new();
     }
 }
 
@@ -130,7 +226,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// every `ping_every`. Returns why it stopped.
 pub async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: ConnRx,
+    rx: ConnRx,
     encoding: Encoding,
     journal: JournalHandle,
     ping_every: Duration,
@@ -141,48 +237,37 @@ pub async fn write_loop(
     let reason = loop {
         tokio::select! {
             biased;
-            changed = rx.kill.changed() => {
-                let req = if changed.is_ok() { rx.kill.borrow().clone() } else { None };
-                break req;
-            }
-            out = rx.rx.recv() => {
-                let Some(out) = out else { break None };
-                let (frame, born, metric) = match out {
-                    Outbound::Agent { msg, born } => {
-                        let metric = matches!(*msg, AgentMessage::Offer { .. }).then_some("ringline_offer_latency_seconds");
-                        (encode(encoding, &*msg), born, metric)
-                    }
-                    Outbound::Gateway { cmd, after, born } => {
-                        if journal.durable() < after && journal.wait_durable(after).await.is_err() {
-                            break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
+            next = rx.next() => {
+                let (cmd, after, born) = match next {
+                    Next::Close(req) => break Some(req),
+                    Next::Send(Outbound::Gateway { cmd, after, born }) => (cmd, after, born),
+                    Next::Send(Outbound::Agent { msg, born }) => {
+                        let Some(frame) = encode(encoding, &*msg) else { continue };
+                        if let Err(stop) = send_unless_closed(&mut sink, frame, &rx, None).await {
+                            break stop;
                         }
-                        let metric = matches!(*cmd, GatewayCommand::Ack { .. }).then_some("ringline_ack_latency_seconds");
-                        (encode(encoding, &*cmd), born, metric)
+                        let _ = born;
+                        continue;
                     }
                 };
-                let Some(frame) = frame else { continue };
+                if journal.durable() < after && journal.wait_durable(after).await.is_err() {
+                    break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
+                }
+                let Some(frame) = encode(encoding, &*cmd) else { continue };
                 // A peer that stops reading blocks this send once the
                 // kernel's buffers are full; a close requested meanwhile
                 // (its queue overflowed) must still end the connection.
-                tokio::select! {
-                    biased;
-                    sent = sink.send(frame) => if sent.is_err() { break None },
-                    changed = rx.kill.changed() => {
-                        break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
-                    }
+                if let Err(stop) = send_unless_closed(&mut sink, frame, &rx, None).await {
+                    break stop;
                 }
-                // Event received to offer (or ack) written to the socket.
-                if let (Some(name), Some(born)) = (metric, born) {
-                    metrics::histogram!(name).record(born.elapsed().as_secs_f64());
+                // Event received to ack written to the socket.
+                if let (true, Some(born)) = (matches!(*cmd, GatewayCommand::Ack { .. }), born) {
+                    metrics::histogram!("ringline_ack_latency_seconds").record(born.elapsed().as_secs_f64());
                 }
             }
             _ = ping.tick() => {
-                tokio::select! {
-                    biased;
-                    sent = sink.send(Message::Ping(Default::default())) => if sent.is_err() { break None },
-                    changed = rx.kill.changed() => {
-                        break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
-                    }
+                if let Err(stop) = send_unless_closed(&mut sink, Message::Ping(Default::default()), &rx, None).await {
+                    break stop;
                 }
             }
         }
@@ -307,7 +392,7 @@ pub async fn read_loop(
 pub async fn serve_single(
     mut socket: WebSocket,
     handle: &ConnHandle,
-    mut rx: ConnRx,
+    rx: ConnRx,
     encoding: Encoding,
     ping_every: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -326,20 +411,18 @@ pub async fn serve_single(
     let reason = loop {
         tokio::select! {
             biased;
-            changed = rx.kill.changed() => {
-                break if changed.is_ok() { rx.kill.borrow().clone() } else { None };
-            }
             // (Mapped to `()` so the borrow of `shutdown` ends with it.)
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 break Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() });
             }
-            out = rx.rx.recv() => {
-                let Some(Outbound::Agent { msg, born }) = out else {
-                    if out.is_none() { break None }
-                    continue;
+            next = rx.next() => {
+                let (msg, born) = match next {
+                    Next::Close(req) => break Some(req),
+                    Next::Send(Outbound::Agent { msg, born }) => (msg, born),
+                    Next::Send(Outbound::Gateway { .. }) => continue,
                 };
                 let Some(frame) = encode(encoding, &*msg) else { continue };
-                if let Err(stop) = send_unless_closed(&mut socket, frame, &mut rx.kill, &mut shutdown).await {
+                if let Err(stop) = send_unless_closed(&mut socket, frame, &rx, Some(&mut shutdown)).await {
                     break stop;
                 }
                 if let (true, Some(born)) = (matches!(*msg, AgentMessage::Offer { .. }), born) {
@@ -382,7 +465,7 @@ pub async fn serve_single(
                 }
                 if now >= next_ping {
                     next_ping = now + ping_every;
-                    if let Err(stop) = send_unless_closed(&mut socket, Message::Ping(Default::default()), &mut rx.kill, &mut shutdown).await {
+                    if let Err(stop) = send_unless_closed(&mut socket, Message::Ping(Default::default()), &rx, Some(&mut shutdown)).await {
                         break stop;
                     }
                 }
@@ -407,19 +490,28 @@ pub async fn serve_single(
 
 /// Writes one frame unless the connection is closed (or the server stops)
 /// while the write waits for a peer that does not read.
-async fn send_unless_closed(
-    socket: &mut WebSocket,
+async fn send_unless_closed<S>(
+    sink: &mut S,
     frame: Message,
-    kill: &mut watch::Receiver<Option<CloseRequest>>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), Option<CloseRequest>> {
+    rx: &ConnRx,
+    shutdown: Option<&mut watch::Receiver<bool>>,
+) -> Result<(), Option<CloseRequest>>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let stopping = async {
+        match shutdown {
+            Some(s) => {
+                let _ = s.wait_for(|s| *s).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         biased;
-        sent = socket.send(frame) => sent.map_err(|_| None),
-        changed = kill.changed() => Err(if changed.is_ok() { kill.borrow().clone() } else { None }),
-        _ = shutdown.wait_for(|s| *s) => {
-            Err(Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() }))
-        }
+        sent = sink.send(frame) => sent.map_err(|_| None),
+        req = rx.closed() => Err(Some(req)),
+        () = stopping => Err(Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() })),
     }
 }
 
@@ -519,6 +611,38 @@ mod tests {
         assert!(!m.hit(t0 + Duration::from_secs(70)), "the first two fell out of the window");
         assert!(!m.hit(t0 + Duration::from_secs(71)));
         assert!(m.hit(t0 + Duration::from_secs(72)));
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_for_messages_and_a_close_goes_first() {
+        let (h, rx) = ConnHandle::new(ConnId(1), ConnKind::Gateway { name: "g".into() }, Encoding::Json, 8);
+        let msg = || Outbound::Agent { msg: Arc::new(AgentMessage::Pong { ref_: None }), born: None };
+        let waiting = tokio::spawn(async move {
+            let first = rx.next().await;
+            (rx, first)
+        });
+        tokio::task::yield_now().await;
+        assert!(h.send(msg()));
+        let (rx, first) = waiting.await.unwrap();
+        assert!(matches!(first, Next::Send(_)));
+        assert!(h.send(msg()));
+        h.close(close::POLICY, "first");
+        h.close(close::GOING_AWAY, "second");
+        assert!(!h.send(msg()), "a closing connection takes nothing more");
+        match rx.next().await {
+            Next::Close(req) => assert_eq!((req.code, req.reason.as_str()), (close::POLICY, "first")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.closed().await.reason, "first");
+        drop(rx);
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn nothing_is_queued_once_the_writer_is_gone() {
+        let (h, rx) = ConnHandle::new(ConnId(1), ConnKind::Gateway { name: "g".into() }, Encoding::Json, 8);
+        drop(rx);
+        assert!(!h.send(Outbound::Agent { msg: Arc::new(AgentMessage::Pong { ref_: None }), born: None }));
     }
 
     #[test]
