@@ -5,7 +5,8 @@
 //!   offer is out. The caller then hangs up (untimed) so the next iteration
 //!   sees the same pool.
 //! - `agent_available/10000_waiting`: an agent comes back to a queue of
-//!   10,000 waiting callers and is offered the oldest.
+//!   10,000 waiting callers and is offered the oldest (one it has not been
+//!   offered before).
 //! - `lifecycle/round_robin/1000`: a whole call: inbound, offer, accept,
 //!   answered, ended, wrap-up over.
 
@@ -112,6 +113,8 @@ fn agent_becomes_available(c: &mut Criterion) {
     for i in 0..10_000 {
         handle(&mut b, Input::Gateway { account: account.clone(), event: inbound(&format!("w{i}")) });
     }
+    let mut oldest = 0u64;
+    let mut next = 10_000u64;
     group.bench_function("10000_waiting", |bench| {
         bench.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -121,11 +124,21 @@ fn agent_becomes_available(c: &mut Criterion) {
                 let h = b.engine.handle(b.now, input);
                 total += start.elapsed();
                 black_box(&h);
-                let offered =
-                    b.engine.drain_outputs().any(|o| matches!(o, Output::User { msg: AgentMessage::Offer { .. }, .. }));
-                assert!(offered);
-                // Going away while rung puts the call back at the head.
+                let head = format!("w{oldest}");
+                let offered = b.engine.drain_outputs().any(|o| {
+                    matches!(o, Output::User { msg: AgentMessage::Offer { call_id, .. }, .. } if call_id.as_ref().is_some_and(|c| c.as_str() == head))
+                });
+                assert!(offered, "the oldest caller is offered");
+                // Untimed: the agent steps away (the call goes back to the
+                // head), that caller hangs up and a new one joins at the
+                // tail, so the next sample again has 10,000 waiting and an
+                // oldest caller this agent has not been offered.
                 handle(&mut b, status(WantedStatus::Away));
+                let end = GatewayEvent::CallEnded { call_id: head.as_str().into(), reason: EndReason::CallerHangup };
+                handle(&mut b, Input::Gateway { account: account.clone(), event: end });
+                handle(&mut b, Input::Gateway { account: account.clone(), event: inbound(&format!("w{next}")) });
+                oldest += 1;
+                next += 1;
             }
             total
         })
