@@ -304,6 +304,24 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_quiet_client_that_answers_pings_stays_connected() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    // Twice the idle timeout without sending a frame of our own: the
+    // server's pings (every second) and our automatic pongs keep it open.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(7);
+    while tokio::time::Instant::now() < quiet_until {
+        let left = quiet_until.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(v) = a.next(left).await {
+            assert_ne!(v["type"], "error", "{v}");
+        }
+    }
+    a.send(json!({"type": "ping", "ref": "still-here"})).await;
+    assert_eq!(a.expect("pong").await["ref"], "still-here");
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn health_and_readiness() {
     let srv = TestServer::start(&cfg()).await;
     assert_eq!(srv.http_get("/healthz").await, (200, "ok".into()));
