@@ -1,6 +1,8 @@
-//! What every WebSocket connection has: a bounded outbound queue drained by
-//! a writer task, a way to close it from elsewhere, keep-alive, and a rate
-//! limit on what it sends us.
+//! What every WebSocket connection has: a bounded outbox (queue and close
+//! request) drained by its writer, keep-alive, an idle timeout, and a rate
+//! limit on what it sends us. Agents run it all in one task
+//! ([`serve_single`]); gateways read and write in two ([`read_loop`],
+//! [`write_loop`]).
 //!
 //! Back-pressure: the queue holds `server.outbound_queue` messages. A client
 //! that stops reading fills it; the next message that does not fit closes
