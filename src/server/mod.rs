@@ -358,6 +358,15 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         let graceful = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
+        // Without TCP_NODELAY a second small frame written before the peer
+        // acknowledges the first (an ack right after a command, say) waits
+        // for its delayed ACK: tens of milliseconds on every busy socket.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(graceful);
         if let Err(e) = server.await {
