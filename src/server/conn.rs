@@ -314,6 +314,42 @@ pub struct ReadPolicy {
     pub abuse_reason: &'static str,
 }
 
+impl ReadPolicy {
+    /// Applies the size and rate limits to one frame and hands it to
+    /// `on_frame`; every refusal goes to `on_error` and counts towards the
+    /// abuse limit. Returns false when the connection must be closed.
+    fn admit(
+        &mut self,
+        bytes: &[u8],
+        enc: Encoding,
+        now: tokio::time::Instant,
+        on_frame: &mut impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
+        on_error: &impl Fn(WireError),
+    ) -> bool {
+        use crate::protocol::ErrorCode;
+        let outcome = if bytes.len() > self.max_frame_bytes {
+            let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), self.max_frame_bytes);
+            Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
+        } else if !self.rate.allow(now) {
+            Err(WireError {
+                code: ErrorCode::RateLimited,
+                message: "too many messages; slow down".into(),
+                ref_: None,
+                seq: None,
+            })
+        } else {
+            on_frame(bytes, enc)
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                on_error(e);
+                !self.abuse.hit(now)
+            }
+        }
+    }
+}
+
 /// Reads frames until the peer leaves, falls silent for `idle_timeout`, the
 /// server shuts down, or the writer stops (the connection was closed from
 /// elsewhere). Each frame within the size and rate limits goes to
@@ -329,7 +365,6 @@ pub async fn read_loop(
     mut on_frame: impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
     on_error: impl Fn(WireError),
 ) {
-    use crate::protocol::ErrorCode;
     use futures_util::StreamExt;
     loop {
         tokio::select! {
@@ -354,21 +389,9 @@ pub async fn read_loop(
                     Message::Close(_) => return,
                     _ => continue,
                 };
-                let now = Clock::tokio_now();
-                let outcome = if bytes.len() > policy.max_frame_bytes {
-                    let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), policy.max_frame_bytes);
-                    Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
-                } else if !policy.rate.allow(now) {
-                    Err(WireError { code: ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
-                } else {
-                    on_frame(bytes, enc)
-                };
-                if let Err(e) = outcome {
-                    on_error(e);
-                    if policy.abuse.hit(now) {
-                        handle.close(close::POLICY, policy.abuse_reason);
-                        return;
-                    }
+                if !policy.admit(bytes, enc, Clock::tokio_now(), &mut on_frame, &on_error) {
+                    handle.close(close::POLICY, policy.abuse_reason);
+                    return;
                 }
             }
             _ = shutdown.wait_for(|s| *s) => {
@@ -402,7 +425,6 @@ pub async fn serve_single(
     mut on_frame: impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
     on_error: impl Fn(WireError),
 ) -> Option<CloseRequest> {
-    use crate::protocol::ErrorCode;
     let start = Clock::tokio_now();
     let mut heard = start;
     let mut next_ping = start + ping_every;
@@ -445,19 +467,8 @@ pub async fn serve_single(
                     Message::Close(_) => break None,
                     _ => continue,
                 };
-                let outcome = if bytes.len() > policy.max_frame_bytes {
-                    let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), policy.max_frame_bytes);
-                    Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
-                } else if !policy.rate.allow(now) {
-                    Err(WireError { code: ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_: None, seq: None })
-                } else {
-                    on_frame(bytes, enc)
-                };
-                if let Err(e) = outcome {
-                    on_error(e);
-                    if policy.abuse.hit(now) {
-                        break Some(CloseRequest { code: close::POLICY, reason: policy.abuse_reason.into() });
-                    }
+                if !policy.admit(bytes, enc, now, &mut on_frame, &on_error) {
+                    break Some(CloseRequest { code: close::POLICY, reason: policy.abuse_reason.into() });
                 }
             }
             () = &mut timer => {
