@@ -304,6 +304,42 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_silent_gateway_is_dropped_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let srv = TestServer::start(&cfg()).await;
+    // A gateway that keeps talking (events, and pongs while it reads its
+    // acks) outlives the 3 s idle timeout: what it sends moves the deadline.
+    let mut busy = srv.gateway().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(7);
+    let mut n = 0;
+    while tokio::time::Instant::now() < until {
+        n += 1;
+        busy.acked(json!({"type": "message.inbound", "message_id": format!("m{n}"), "to": N, "from": "+15557770000", "body": "hi"}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // One that neither sends nor reads (so never answers a ping) is closed.
+    // (Another gateway's token: a second connection of the same gateway
+    // would replace the first.)
+    let url = format!("ws://{}/v1/gateway?token=gw-other", srv.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let (_sink, mut stream) = futures_util::StreamExt::split(ws);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut closed = false;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(&mut stream)).await
+    {
+        if matches!(m, Ok(Message::Close(_)) | Err(_)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "no close after {:?}", t0.elapsed());
+    drop(busy);
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn a_quiet_client_that_answers_pings_stays_connected() {
     let srv = TestServer::start(&cfg()).await;
     let mut a = srv.agent("a1").await;

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use ringline_loadtest::config::{Dur, GenParams, Topology, generate};
 use ringline_loadtest::driver::{Arrival, Behaviour};
-use ringline_loadtest::run::{self, IdleTarget, RunSettings};
+use ringline_loadtest::run::{self, BaselineEcho, IdleTarget, RunSettings};
 use ringline_loadtest::spawn::Spawned;
 use ringline_loadtest::wire::Encoding;
 use std::net::SocketAddr;
@@ -186,6 +186,11 @@ struct RunArgs {
     /// min(rate, 100); 0 = no baseline).
     #[arg(long)]
     baseline_rate: Option<f64>,
+    /// Where the baseline's echo server runs: `process` (a child process,
+    /// like the server under test) or `in-process` (a runtime inside the
+    /// harness).
+    #[arg(long, value_enum, default_value_t = BaselineEcho::Process)]
+    baseline_echo: BaselineEcho,
     /// Agent connections opened at once.
     #[arg(long, default_value_t = 500)]
     connect_concurrency: usize,
@@ -319,6 +324,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<ExitCode> {
             seed: a.seed,
         },
         baseline_rate: a.baseline_rate,
+        baseline_echo: a.baseline_echo,
         connect_concurrency: a.connect_concurrency,
         server_pid: pid,
         sample_every: Duration::from_secs(1),

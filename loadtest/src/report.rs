@@ -129,6 +129,9 @@ impl RunReport {
             "machine: {} x{}, {} MiB",
             self.machine.cpu_model, self.machine.cpus, self.machine.mem_total_mib
         );
+        if let Some(echo) = self.settings.get("baseline_echo").and_then(|v| v.as_str()) {
+            let _ = writeln!(s, "baseline: bare tokio-tungstenite echo server ({echo})");
+        }
         if let Some(t) = &self.topology {
             let _ = writeln!(
                 s,

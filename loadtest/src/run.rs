@@ -10,12 +10,26 @@ use crate::metrics::{OFFER_METRIC, PromHistogram};
 use crate::procfs::{self, Machine, Sampler, Usage};
 use crate::report::{ConnectSummary, IdleReport, InvariantReport, PhaseReport, RunReport, TopologySummary};
 use crate::stats::{Latency, fmt_us};
+use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Where the baseline's bare echo server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineEcho {
+    /// A child process (`ringline-loadtest echo-server`): woken across
+    /// processes like the server under test. The CLI's default.
+    Process,
+    /// A runtime of its own inside the harness: no second program needed
+    /// (tests), but its threads share the harness's address space, so its
+    /// wake-ups are cheaper than a separate server's.
+    InProcess,
+}
 
 /// Everything a load run needs besides the topology.
 #[derive(Clone, Debug, Serialize)]
@@ -36,6 +50,8 @@ pub struct RunSettings {
     pub behaviour: Behaviour,
     /// Baseline probes per second; `None` = min(arrival rate, 100).
     pub baseline_rate: Option<f64>,
+    /// Where the baseline's echo server runs.
+    pub baseline_echo: BaselineEcho,
     pub connect_concurrency: usize,
     pub server_pid: Option<u32>,
     #[serde(serialize_with = "crate::config::ser_dur")]
@@ -57,6 +73,7 @@ impl Default for RunSettings {
             drain: Duration::from_secs(30),
             behaviour: Behaviour::default(),
             baseline_rate: None,
+            baseline_echo: BaselineEcho::InProcess,
             connect_concurrency: 500,
             server_pid: None,
             sample_every: Duration::from_secs(1),
@@ -256,12 +273,21 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
     let me = Sampler::start(std::process::id(), settings.sample_every);
 
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    // The baseline: a bare echo server in this process, reached through the
-    // same connection code.
-    let echo = if baseline_rate > 0.0 { Some(EchoServer::start()?) } else { None };
-    let probe = match &echo {
-        Some(e) => {
-            let ws = conn::connect(e.addr, &format!("/?encoding={}", enc.query())).await?;
+    // The baseline: a bare echo server reached through the same connection
+    // code, as a process of its own (like the server under test) or on a
+    // runtime of its own in this process.
+    let (echo, echo_proc) = match (baseline_rate > 0.0, settings.baseline_echo) {
+        (false, _) => (None, None),
+        (true, BaselineEcho::InProcess) => (Some(EchoServer::start()?), None),
+        (true, BaselineEcho::Process) => {
+            let exe = std::env::current_exe().context("cannot find this program to start the echo server")?;
+            (None, Some(crate::spawn::Spawned::echo(&exe)?))
+        }
+    };
+    let echo_addr = echo.as_ref().map(|e| e.addr).or(echo_proc.as_ref().map(|e| e.addr));
+    let probe = match echo_addr {
+        Some(addr) => {
+            let ws = conn::connect(addr, &format!("/?encoding={}", enc.query())).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(conn::run(Peer::Probe, ws, rx, ev_tx.clone()));
             Some(tx)

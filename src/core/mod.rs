@@ -324,9 +324,9 @@ impl Engine {
         Some(acc.user(acc.user_named(user)?).status().0)
     }
 
-    /// `(account, number, waiting callers, longest wait ms)` for every number.
-    pub fn queue_gauges(&self) -> Vec<(AccountId, ids::NumberId, u32, u64)> {
-        let mut out = Vec::new();
+    /// Calls `f(account, number, waiting callers, longest wait ms)` for
+    /// every number.
+    pub fn queue_gauges(&self, mut f: impl FnMut(&AccountId, &ids::NumberId, u32, u64)) {
         for acc in &self.accounts {
             for number in &acc.numbers {
                 let longest = number
@@ -334,10 +334,9 @@ impl Engine {
                     .first()
                     .and_then(|s| acc.entries.get(s))
                     .map_or(0, |e| self.now.millis_since(e.arrived_at));
-                out.push((acc.id.clone(), number.id.clone(), number.callers.len() as u32, longest));
+                f(&acc.id, &number.id, number.callers.len() as u32, longest);
             }
         }
-        out
     }
 
     /// Checks every internal invariant; `Err` names the first broken one.

@@ -85,7 +85,19 @@ async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId,
         handle.send(Outbound::Agent { msg: Arc::new(msg), born: None });
     };
     let ping = cfg.ping_interval;
-    serve_single(socket, &handle, rx, encoding, ping, app.shutdown.clone(), policy, on_frame, on_error).await;
+    serve_single(
+        socket,
+        &handle,
+        rx,
+        encoding,
+        ping,
+        app.hot.offer_latency.clone(),
+        app.shutdown.clone(),
+        policy,
+        on_frame,
+        on_error,
+    )
+    .await;
     forget(&app, &account, &user, id);
     shard.input(Input::Disconnect { account, conn: id }, Origin::None);
     metrics::gauge!("ringline_connections", "kind" => "agent").decrement(1.0);

@@ -233,6 +233,7 @@ pub async fn write_loop(
     journal: JournalHandle,
     ping_every: Duration,
     clock: Clock,
+    ack_latency: metrics::Histogram,
 ) -> Option<CloseRequest> {
     let mut ping = tokio::time::interval_at(Clock::tokio_now() + ping_every, ping_every);
     let _ = clock;
@@ -264,7 +265,7 @@ pub async fn write_loop(
                 }
                 // Event received to ack written to the socket.
                 if let (true, Some(born)) = (matches!(*cmd, GatewayCommand::Ack { .. }), born) {
-                    metrics::histogram!("ringline_ack_latency_seconds").record(born.elapsed().as_secs_f64());
+                    ack_latency.record(born.elapsed().as_secs_f64());
                 }
             }
             _ = ping.tick() => {
@@ -366,33 +367,44 @@ pub async fn read_loop(
     on_error: impl Fn(WireError),
 ) {
     use futures_util::StreamExt;
+    let mut heard = Clock::tokio_now();
+    // One timer for the idle timeout, moved only when it fires: a frame
+    // just moves `heard` (no timer registered and cancelled per frame).
+    let idle = tokio::time::sleep_until(heard + policy.idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
-            frame = tokio::time::timeout(policy.idle_timeout, stream.next()) => {
+            frame = stream.next() => {
                 let msg = match frame {
-                    Err(_) => {
-                        handle.close(close::GOING_AWAY, "idle timeout: no traffic from the peer");
-                        return;
-                    }
-                    Ok(None) => return,
-                    Ok(Some(Err(e))) => {
+                    None => return,
+                    Some(Err(e)) => {
                         if let Some((code, reason)) = read_failure(e) {
                             handle.close(code, reason);
                         }
                         return;
                     }
-                    Ok(Some(Ok(m))) => m,
+                    Some(Ok(m)) => m,
                 };
+                let now = Clock::tokio_now();
+                heard = now;
                 let (bytes, enc) = match &msg {
                     Message::Text(t) => (t.as_bytes(), Encoding::Json),
                     Message::Binary(b) => (&b[..], Encoding::MsgPack),
                     Message::Close(_) => return,
                     _ => continue,
                 };
-                if !policy.admit(bytes, enc, Clock::tokio_now(), &mut on_frame, &on_error) {
+                if !policy.admit(bytes, enc, now, &mut on_frame, &on_error) {
                     handle.close(close::POLICY, policy.abuse_reason);
                     return;
                 }
+            }
+            () = &mut idle => {
+                let now = Clock::tokio_now();
+                if now >= heard + policy.idle_timeout {
+                    handle.close(close::GOING_AWAY, "idle timeout: no traffic from the peer");
+                    return;
+                }
+                idle.as_mut().reset(heard + policy.idle_timeout);
             }
             _ = shutdown.wait_for(|s| *s) => {
                 handle.close(close::GOING_AWAY, "server shutting down");
@@ -420,6 +432,7 @@ pub async fn serve_single(
     rx: ConnRx,
     encoding: Encoding,
     ping_every: Duration,
+    offer_latency: metrics::Histogram,
     mut shutdown: watch::Receiver<bool>,
     mut policy: ReadPolicy,
     mut on_frame: impl FnMut(&[u8], Encoding) -> Result<(), WireError>,
@@ -450,7 +463,7 @@ pub async fn serve_single(
                     break stop;
                 }
                 if let (true, Some(born)) = (matches!(*msg, AgentMessage::Offer { .. }), born) {
-                    metrics::histogram!("ringline_offer_latency_seconds").record(born.elapsed().as_secs_f64());
+                    offer_latency.record(born.elapsed().as_secs_f64());
                 }
             }
             frame = socket.recv() => {

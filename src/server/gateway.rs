@@ -73,7 +73,15 @@ async fn run(
     metrics::gauge!("ringline_connections", "kind" => "gateway").increment(1.0);
     tracing::info!(conn = id.0, "gateway connected");
     let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, rx, encoding, app.journal.clone(), cfg.ping_interval, app.clock));
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        encoding,
+        app.journal.clone(),
+        cfg.ping_interval,
+        app.clock,
+        app.hot.ack_latency.clone(),
+    ));
 
     // Hand over what waited for a gateway, and re-send connections in
     // flight in case the previous connection lost them.

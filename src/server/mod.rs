@@ -60,6 +60,8 @@ pub struct App {
     pub journal: JournalHandle,
     pub history: History,
     pub metrics: PrometheusHandle,
+    /// Metrics touched for every call, looked up once.
+    pub hot: HotMetrics,
     pub clock: Clock,
     next_conn: AtomicU64,
     pub ready: AtomicBool,
@@ -211,6 +213,29 @@ impl Running {
     }
 }
 
+/// Handles for the metrics recorded on every call. A `metrics::counter!`
+/// at the call site hashes the name and searches the registry each time;
+/// on the offer's path that is a handful of cache misses per call.
+#[derive(Clone, Debug)]
+pub struct HotMetrics {
+    pub offers: metrics::Counter,
+    pub inbound_calls: metrics::Counter,
+    pub offer_latency: metrics::Histogram,
+    pub ack_latency: metrics::Histogram,
+}
+
+impl HotMetrics {
+    /// Call once the recorder is installed ([`metrics_handle`]).
+    fn new() -> Self {
+        HotMetrics {
+            offers: metrics::counter!("ringline_offers_total"),
+            inbound_calls: metrics::counter!("ringline_inbound_calls_total"),
+            offer_latency: metrics::histogram!("ringline_offer_latency_seconds"),
+            ack_latency: metrics::histogram!("ringline_ack_latency_seconds"),
+        }
+    }
+}
+
 /// The metrics recorder is process-global; every server in the process
 /// (tests start several) shares it.
 fn metrics_handle() -> PrometheusHandle {
@@ -256,6 +281,7 @@ pub async fn app_without_listener(config: Config, data_dir: PathBuf) -> Result<(
         config,
         shards: OnceLock::new(),
         metrics: metrics_handle(),
+        hot: HotMetrics::new(),
         clock: Clock::start(Instant::EPOCH),
         next_conn: AtomicU64::new(1),
         ready: AtomicBool::new(true),
@@ -307,6 +333,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         dir,
         shards: OnceLock::new(),
         metrics: metrics_handle(),
+        hot: HotMetrics::new(),
         clock,
         // Connection ids stay unique across restarts of the same state.
         next_conn: AtomicU64::new(max_conn + 1),

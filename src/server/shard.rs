@@ -15,6 +15,7 @@ use crate::protocol::Ref;
 use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
 use crate::store::SnapshotRow;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -106,9 +107,21 @@ impl ShardHandle {
 
 pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (ShardHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let shard = Shard { index, engine, last_seq, app, rx, outs: Vec::new(), records: Vec::new() };
+    let shard = Shard { index, engine, last_seq, app, rx, records: Vec::new(), gauges: FxHashMap::default() };
     let task = tokio::spawn(shard.run());
     (ShardHandle { index, tx }, task)
+}
+
+/// An input the engine has handled and whose softphone messages are out;
+/// its journal append and gateway messages are still to do.
+struct Routed {
+    result: Result<Reply, CoreError>,
+    /// When it was handled, its account and its encoding, if it is journaled.
+    journal: Option<(crate::core::Instant, AccountId, Vec<u8>)>,
+    /// Gateway messages, held for the journal position.
+    later: Vec<Output>,
+    /// Whether a softphone was sent anything.
+    delivered: bool,
 }
 
 struct Shard {
@@ -118,8 +131,8 @@ struct Shard {
     last_seq: u64,
     app: Arc<App>,
     rx: mpsc::UnboundedReceiver<ShardMsg>,
-    outs: Vec<Output>,
     records: Vec<(AccountId, crate::core::history::Record)>,
+    gauges: FxHashMap<AccountId, FxHashMap<crate::core::ids::NumberId, QueueGauges>>,
 }
 
 impl Shard {
@@ -136,14 +149,14 @@ impl Shard {
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
-                    if !self.handle_msg(msg) {
+                    if !self.handle_msg(msg).await {
                         return;
                     }
                     // Take what else is queued before sleeping again.
                     for _ in 0..256 {
                         match self.rx.try_recv() {
                             Ok(msg) => {
-                                if !self.handle_msg(msg) {
+                                if !self.handle_msg(msg).await {
                                     return;
                                 }
                             }
@@ -151,15 +164,15 @@ impl Shard {
                         }
                     }
                 }
-                _ = sleep => self.process(Input::Tick, Origin::None, crate::clock::Clock::tokio_now()),
+                _ = sleep => self.process(Input::Tick, Origin::None, crate::clock::Clock::tokio_now()).await,
                 _ = gauges.tick() => self.publish_gauges(),
             }
         }
     }
 
-    fn handle_msg(&mut self, msg: ShardMsg) -> bool {
+    async fn handle_msg(&mut self, msg: ShardMsg) -> bool {
         match msg {
-            ShardMsg::Input { input, origin, born } => self.process(input, origin, born),
+            ShardMsg::Input { input, origin, born } => self.process(input, origin, born).await,
             ShardMsg::Query(f) => f(&self.engine),
             ShardMsg::Snapshot(reply) => {
                 // This shard appends its accounts' entries itself, before it
@@ -182,9 +195,32 @@ impl Shard {
         true
     }
 
-    fn process(&mut self, input: Input, origin: Origin, born: tokio::time::Instant) {
-        let app = self.app.clone();
-        let now = app.clock.now();
+    /// Handles one input: the engine decides, softphones hear about it at
+    /// once, then the input is journaled and the gateway (and whoever sent
+    /// it) is answered, once durable.
+    ///
+    /// Softphone messages go out before the journal append because nothing
+    /// a softphone is told needs the input durable: an offer for an input
+    /// lost in a crash is revoked by the agent's reconnect (the call is
+    /// gone from the recovered state), and everything that acts on a call
+    /// (`call.bridge`, acks) goes to the gateway only once durable. When
+    /// nothing else is queued, the shard yields between the two halves so
+    /// the connections' tasks (woken on this thread, next in line) write
+    /// the offers before the journal work: at light load that takes the
+    /// encode, the append and the writer thread's wake-up off the offer's
+    /// path. Under load the shard does not yield; it keeps batching.
+    async fn process(&mut self, input: Input, origin: Origin, born: tokio::time::Instant) {
+        let routed = self.route(input, born);
+        if routed.delivered && self.rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        self.commit(routed, origin, born);
+    }
+
+    /// The engine's half: handle the input and deliver what is for
+    /// softphones. The rest waits in the returned [`Routed`].
+    fn route(&mut self, input: Input, born: tokio::time::Instant) -> Routed {
+        let now = self.app.clock.now();
         let account = input.account().cloned();
         let inbound = matches!(&input, Input::Gateway { event: GatewayEvent::CallInbound { .. }, .. });
         // Encoded up front because handling consumes the input; refused
@@ -200,46 +236,98 @@ impl Shard {
             },
         };
         let h = self.engine.handle(now, input);
+        let mut delivered = false;
+        let mut later = Vec::new();
         for o in self.engine.drain_outputs() {
             match o {
                 Output::Record { account, record } => {
                     metrics_for_record(&record);
                     self.records.push((account, record));
                 }
-                o => self.outs.push(o),
+                // Needs the journal position, known after the append.
+                o @ Output::Gateway { .. } => later.push(o),
+                o => {
+                    if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
+                        self.app.hot.offers.increment(1);
+                    }
+                    delivered |= matches!(o, Output::User { .. } | Output::Users { .. } | Output::Conn { .. });
+                    // `after` only matters to gateway messages.
+                    super::deliver(&self.app, o, 0, Some(born));
+                }
             }
         }
+        if inbound && matches!(h.result, Ok(Reply::Done)) {
+            self.app.hot.inbound_calls.increment(1);
+        }
+        let journal = match (h.journal, bytes, account) {
+            (true, Some(bytes), Some(account)) => Some((now, account, bytes)),
+            _ => None,
+        };
+        Routed { result: h.result, journal, later, delivered }
+    }
+
+    /// The durable half: journal the input with its history, then send
+    /// the gateway its messages and the sender its reply, each held until
+    /// the append is durable.
+    fn commit(&mut self, routed: Routed, origin: Origin, born: tokio::time::Instant) {
+        let app = self.app.clone();
         let records = std::mem::take(&mut self.records);
-        let after = match (h.journal, bytes, account) {
-            (true, Some(bytes), Some(account)) => {
+        let after = match routed.journal {
+            Some((now, account, bytes)) => {
                 self.last_seq = app.journal.append(now, &account, bytes, records);
                 self.last_seq
             }
-            _ => {
+            None => {
                 if !records.is_empty() {
                     app.journal.records(records);
                 }
                 app.journal.last_seq()
             }
         };
-        if inbound && matches!(h.result, Ok(Reply::Done)) {
-            metrics::counter!("ringline_inbound_calls_total").increment(1);
-        }
-        let outs = std::mem::take(&mut self.outs);
-        for o in outs {
-            if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
-                metrics::counter!("ringline_offers_total").increment(1);
-            }
+        for o in routed.later {
             super::deliver(&app, o, after, Some(born));
         }
-        reply(&app, origin, h.result, after, born);
+        reply(&app, origin, routed.result, after, born);
     }
 
-    fn publish_gauges(&self) {
-        for (account, number, waiting, longest) in self.engine.queue_gauges() {
-            let labels = [("account", account.to_string()), ("number", number.to_string())];
-            metrics::gauge!("ringline_queue_waiting", &labels).set(f64::from(waiting));
-            metrics::gauge!("ringline_queue_longest_wait_seconds", &labels).set(longest as f64 / 1000.0);
+    /// Publishes each number's queue gauges. Runs on the shard task every
+    /// second, so it must stay cheap with thousands of numbers: the gauge
+    /// handles (label strings and registry lookups) are made once per
+    /// number, and a gauge is set only when its value changed.
+    fn publish_gauges(&mut self) {
+        let cache = &mut self.gauges;
+        self.engine.queue_gauges(|account, number, waiting, longest| {
+            let per_account = match cache.get_mut(account) {
+                Some(m) => m,
+                None => cache.entry(account.clone()).or_default(),
+            };
+            let g = match per_account.get_mut(number) {
+                Some(g) => g,
+                None => per_account.entry(number.clone()).or_insert_with(|| QueueGauges::new(account, number)),
+            };
+            if g.last != Some((waiting, longest)) {
+                g.last = Some((waiting, longest));
+                g.waiting.set(f64::from(waiting));
+                g.longest.set(longest as f64 / 1000.0);
+            }
+        });
+    }
+}
+
+/// One number's queue gauges, and the values they were last set to.
+struct QueueGauges {
+    waiting: metrics::Gauge,
+    longest: metrics::Gauge,
+    last: Option<(u32, u64)>,
+}
+
+impl QueueGauges {
+    fn new(account: &AccountId, number: &crate::core::ids::NumberId) -> Self {
+        let labels = [("account", account.to_string()), ("number", number.to_string())];
+        QueueGauges {
+            waiting: metrics::gauge!("ringline_queue_waiting", &labels),
+            longest: metrics::gauge!("ringline_queue_longest_wait_seconds", &labels),
+            last: None,
         }
     }
 }

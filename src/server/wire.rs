@@ -90,7 +90,14 @@ fn envelope(bytes: &[u8], enc: Encoding, known: &[&str]) -> Result<(Option<Ref>,
     }
 }
 
+// A well-formed frame is parsed once; only a refused one is parsed again,
+// piece by piece, to say what is wrong with it and to echo its `ref` and
+// `seq`.
+
 pub fn decode_gateway(bytes: &[u8], enc: Encoding) -> Result<GatewayFrame, WireError> {
+    if let Ok(frame) = parse::<GatewayFrame>(bytes, enc) {
+        return Ok(frame);
+    }
     let (ref_, seq) = envelope(bytes, enc, &GatewayEvent::TYPES)?;
     let Some(_) = seq else {
         return Err(WireError { code: ErrorCode::BadRequest, message: "missing field `seq`".into(), ref_, seq });
@@ -99,6 +106,9 @@ pub fn decode_gateway(bytes: &[u8], enc: Encoding) -> Result<GatewayFrame, WireE
 }
 
 pub fn decode_agent(bytes: &[u8], enc: Encoding) -> Result<(Option<Ref>, AgentCommand), WireError> {
+    if let Ok(f) = parse::<AgentFrame>(bytes, enc) {
+        return Ok((f.ref_, f.cmd));
+    }
     let (ref_, _) = envelope(bytes, enc, &AgentCommand::TYPES)?;
     parse::<AgentFrame>(bytes, enc).map(|f| (f.ref_, f.cmd)).map_err(|e| WireError {
         code: ErrorCode::BadRequest,
