@@ -277,16 +277,13 @@ async fn a_client_that_stops_reading_is_disconnected() {
     srv.stop().await;
 }
 
-#[tokio::test]
-async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
-    let srv = TestServer::start(&cfg()).await;
-    let url = format!("ws://{}/v1/agent?token=a1-token", srv.addr);
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+/// Connects to `url` and neither sends nor reads (so pings go unanswered);
+/// the server must close it soon after the 3 s idle timeout.
+async fn assert_silent_peer_is_closed(url: &str) {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects");
     let t0 = tokio::time::Instant::now();
-    // Never read: pings go unanswered, nothing is sent.
-    let (_sink, stream) = futures_util::StreamExt::split(ws);
+    let (_sink, mut stream) = futures_util::StreamExt::split(ws);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let mut stream = stream;
     let mut closed = false;
     while let Ok(Some(m)) =
         tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(&mut stream)).await
@@ -296,7 +293,13 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
             break;
         }
     }
-    assert!(closed, "no close after {:?}", t0.elapsed());
+    assert!(closed, "{url}: no close after {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_idle_timeout() {
+    let srv = TestServer::start(&cfg()).await;
+    assert_silent_peer_is_closed(&format!("ws://{}/v1/agent?token=a1-token", srv.addr)).await;
     let (status, body) = srv.http_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("ringline_connections"));
@@ -320,21 +323,7 @@ async fn a_silent_gateway_is_dropped_after_the_idle_timeout_and_a_busy_one_is_no
     // One that neither sends nor reads (so never answers a ping) is closed.
     // (Another gateway's token: a second connection of the same gateway
     // would replace the first.)
-    let url = format!("ws://{}/v1/gateway?token=gw-other", srv.addr);
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let t0 = tokio::time::Instant::now();
-    let (_sink, mut stream) = futures_util::StreamExt::split(ws);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let mut closed = false;
-    while let Ok(Some(m)) =
-        tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(&mut stream)).await
-    {
-        if matches!(m, Ok(Message::Close(_)) | Err(_)) {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "no close after {:?}", t0.elapsed());
+    assert_silent_peer_is_closed(&format!("ws://{}/v1/gateway?token=gw-other", srv.addr)).await;
     drop(busy);
     srv.stop().await;
 }

@@ -275,17 +275,25 @@ pub async fn write_loop(
             }
         }
     };
-    // The close frame queues behind whatever the peer has not read yet; a
-    // peer that reads nothing gets its socket dropped after the grace.
+    say_goodbye(&mut sink, reason.as_ref()).await;
+    reason
+}
+
+/// Sends the close frame (if the server is the one closing) and closes.
+/// The frame queues behind whatever the peer has not read yet; a peer that
+/// reads nothing gets its socket dropped after [`CLOSE_GRACE`].
+async fn say_goodbye<S>(sink: &mut S, reason: Option<&CloseRequest>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     let goodbye = async {
-        if let Some(req) = &reason {
+        if let Some(req) = reason {
             let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
             let _ = sink.send(Message::Close(Some(frame))).await;
         }
         let _ = sink.close().await;
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
-    reason
 }
 
 fn encode<T: serde::Serialize>(enc: Encoding, msg: &T) -> Option<Message> {
@@ -503,14 +511,7 @@ pub async fn serve_single(
     if let Some(req) = &reason {
         handle.close(req.code, &req.reason);
     }
-    let goodbye = async {
-        if let Some(req) = &reason {
-            let frame = CloseFrame { code: req.code, reason: Utf8Bytes::from(req.reason.clone()) };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-        }
-        let _ = socket.close().await;
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, goodbye).await;
+    say_goodbye(&mut socket, reason.as_ref()).await;
     reason
 }
 
