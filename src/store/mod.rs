@@ -10,6 +10,7 @@
 //!   what the shell needs to rebuild the engine: the latest snapshots and,
 //!   through [`Store::replay`], the journal entries after them.
 
+mod checkpoint;
 mod codec;
 mod crc;
 mod error;
@@ -46,11 +47,24 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Read connections for history queries.
     pub read_connections: usize,
+    /// How often the background thread copies committed pages from the
+    /// WAL into the database file (see `checkpoint.rs`).
+    pub checkpoint_every: std::time::Duration,
+    /// WAL length, in 4 KiB frames, at which the writer copies the rest
+    /// itself between two commits so the log can start over.
+    pub wal_reset_frames: u64,
 }
 
 impl StoreConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StoreConfig { dir: dir.into(), max_batch: 4096, queue_capacity: 64 * 1024, read_connections: 2 }
+        StoreConfig {
+            dir: dir.into(),
+            max_batch: 4096,
+            queue_capacity: 64 * 1024,
+            read_connections: 2,
+            checkpoint_every: std::time::Duration::from_millis(100),
+            wal_reset_frames: 4096,
+        }
     }
 }
 
@@ -79,6 +93,7 @@ pub struct Store {
     journal: JournalHandle,
     history: History,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl Store {
@@ -106,7 +121,15 @@ impl Store {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let (durable, _) = watch::channel(Durable { seq: last_seq, ..Durable::default() });
         let shared = Arc::new(Shared { producer: Mutex::new(Producer { last_seq, tx }), durable });
-        let writer = Writer { conn, shared: shared.clone(), max_batch: config.max_batch.max(1) };
+        let ckpt = Arc::new(checkpoint::Shared::default());
+        let checkpointer = checkpoint::Checkpointer::start(&path, config.checkpoint_every, ckpt.clone())?;
+        let writer = Writer {
+            conn,
+            shared: shared.clone(),
+            max_batch: config.max_batch.max(1),
+            checkpoint: ckpt,
+            wal_reset_frames: config.wal_reset_frames.max(1),
+        };
         let handle = std::thread::Builder::new().name("ringline-store".into()).spawn(move || writer.run(rx))?;
         let journal = JournalHandle { shared };
 
@@ -127,7 +150,7 @@ impl Store {
             journal_first_seq: scan.first_seq,
             dropped: scan.dropped,
         };
-        Ok((Store { path, journal, history, writer: Some(handle) }, recovered))
+        Ok((Store { path, journal, history, writer: Some(handle), checkpointer: Some(checkpointer) }, recovered))
     }
 
     pub fn path(&self) -> &Path {
@@ -168,6 +191,7 @@ impl Store {
     }
 
     fn stop(&mut self) -> Result<(), StoreError> {
+        drop(self.checkpointer.take());
         let Some(handle) = self.writer.take() else {
             return Ok(());
         };

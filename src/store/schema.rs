@@ -122,7 +122,20 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // gigabyte-sized -wal file behind forever.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.pragma_update(None, "cache_size", -32 * 1024)?;
+    // Checkpoints run on their own thread (`checkpoint.rs`), not inside
+    // whichever commit crosses SQLite's threshold.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Opens the connection the background checkpoint thread uses. It syncs
+/// like the writer: the database file is fsynced after each checkpoint.
+pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
 

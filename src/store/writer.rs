@@ -75,6 +75,8 @@ pub(super) struct Writer {
     pub conn: Connection,
     pub shared: Arc<Shared>,
     pub max_batch: usize,
+    pub checkpoint: Arc<super::checkpoint::Shared>,
+    pub wal_reset_frames: u64,
 }
 
 /// Marks the store closed when the writer exits, even by panicking, so no
@@ -106,6 +108,9 @@ impl Writer {
             self.commit(&mut batch);
             if shutdown {
                 break;
+            }
+            if self.checkpoint.committed(self.wal_reset_frames) {
+                self.rewind_log();
             }
         }
         tracing::debug!("store writer stopped");
@@ -170,6 +175,20 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Copies what the background checkpoints have not yet copied, between
+    /// two commits, so the next commit starts the WAL over (see
+    /// `checkpoint.rs`). Runs after the previous batch was published
+    /// durable, so no ack waits for it.
+    fn rewind_log(&mut self) {
+        if let Err(e) = super::checkpoint::passive(&self.conn) {
+            tracing::warn!(error = %e, "checkpoint to rewind the WAL failed");
+        }
+        // Copied or not (a history reader may still use old frames), the
+        // background thread reports the log's length again on its next
+        // round, and this runs again if it is still long.
+        self.checkpoint.log_frames.store(0, std::sync::atomic::Ordering::Release);
     }
 
     /// Writes the batch in one transaction and commits; returns the highest

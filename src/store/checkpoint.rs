@@ -1,0 +1,113 @@
+//! WAL checkpoints off the commit path.
+//!
+//! SQLite's automatic checkpoint runs inside the commit that crosses the
+//! threshold (1,000 frames): that commit copies the pages into the database
+//! file and fsyncs it before it returns, and every append queued behind it
+//! waits. Under load that was one commit in a few hundred, and it was the
+//! gateway `ack` latency's p99. So the writer's connection has automatic
+//! checkpoints off, and this thread copies pages with PASSIVE checkpoints on
+//! its own connection, concurrently with the writer's commits.
+//!
+//! A PASSIVE checkpoint never blocks the writer, but it also cannot restart
+//! the WAL: SQLite rewinds the log only when a write transaction begins
+//! after everything has been copied, and with commits arriving continuously
+//! the background copy is always a few frames behind. So once the log holds
+//! [`StoreConfig::wal_reset_frames`](super::StoreConfig) frames, the writer
+//! itself runs one PASSIVE checkpoint between two commits (nobody else
+//! writes then, so it copies everything); the next commit rewinds the log.
+//! The background copy has done nearly all the work by then, so that
+//! checkpoint is short and rare, and the `-wal` file stays bounded.
+
+use super::error::StoreError;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the writer and the checkpoint thread share.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    /// Frames in the log as of the last checkpoint (either thread's).
+    pub log_frames: AtomicU64,
+    /// Commits happened since the checkpoint thread last looked.
+    pub dirty: AtomicBool,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Called by the writer after a commit; returns whether it should run
+    /// the resetting checkpoint now.
+    pub fn committed(&self, reset_frames: u64) -> bool {
+        self.dirty.store(true, Ordering::Release);
+        self.log_frames.load(Ordering::Acquire) >= reset_frames
+    }
+
+    fn stop(&self) {
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Runs a PASSIVE checkpoint; returns (frames in the log, frames copied).
+pub(super) fn passive(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let _ = busy;
+    // -1 when the database is not in WAL mode (never here).
+    Ok((u64::try_from(log).unwrap_or(0), u64::try_from(done).unwrap_or(0)))
+}
+
+/// The background checkpoint thread; stopped and joined on drop.
+#[derive(Debug)]
+pub(super) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn start(path: &Path, every: Duration, shared: Arc<Shared>) -> Result<Checkpointer, StoreError> {
+        let conn = super::schema::open_checkpointer(path)?;
+        let s = shared.clone();
+        let thread =
+            std::thread::Builder::new().name("ringline-checkpoint".into()).spawn(move || run(conn, every, &s))?;
+        Ok(Checkpointer { shared, thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // checkpoint duration is a metric
+fn run(conn: Connection, every: Duration, shared: &Shared) {
+    let mut stopped = shared.stop.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        stopped = shared.wake.wait_timeout(stopped, every).unwrap_or_else(PoisonError::into_inner).0;
+        if *stopped {
+            return;
+        }
+        if !shared.dirty.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        drop(stopped);
+        let started = std::time::Instant::now();
+        match passive(&conn) {
+            Ok((log, _)) => {
+                shared.log_frames.store(log, Ordering::Release);
+                metrics::histogram!("ringline_journal_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+            }
+            // The next round tries again; the writer's own checkpoint still
+            // bounds the log.
+            Err(e) => tracing::warn!(error = %e, "background checkpoint failed"),
+        }
+        stopped = shared.stop.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+}
