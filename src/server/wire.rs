@@ -3,7 +3,7 @@
 //! first the envelope (`type`, `ref`, `seq`), then the full message.
 
 use crate::protocol::agent::{AgentCommand, AgentFrame};
-use crate::protocol::gateway::{GatewayEvent, GatewayFrame};
+use crate::protocol::gateway::{FlatGatewayFrame, GatewayEvent, GatewayFrame};
 use crate::protocol::{ErrorCode, Ref};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -95,6 +95,27 @@ fn envelope(bytes: &[u8], enc: Encoding, known: &[&str]) -> Result<(Option<Ref>,
 // `seq`.
 
 pub fn decode_gateway(bytes: &[u8], enc: Encoding) -> Result<GatewayFrame, WireError> {
+    if is_map(bytes, enc)
+        && let Some(frame) = parse::<FlatGatewayFrame>(bytes, enc).ok().and_then(FlatGatewayFrame::into_frame)
+    {
+        return Ok(frame);
+    }
+    decode_gateway_general(bytes, enc)
+}
+
+/// Whether the frame is an object (JSON) or a map (MessagePack). A derived
+/// struct also reads positional arrays, which the protocol refuses; the
+/// fast path must not accept them.
+fn is_map(bytes: &[u8], enc: Encoding) -> bool {
+    match enc {
+        Encoding::Json => bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        Encoding::MsgPack => matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)),
+    }
+}
+
+/// The general decoder (and the error reporting); [`decode_gateway`] tries
+/// a one-pass read first.
+fn decode_gateway_general(bytes: &[u8], enc: Encoding) -> Result<GatewayFrame, WireError> {
     if let Ok(frame) = parse::<GatewayFrame>(bytes, enc) {
         return Ok(frame);
     }
@@ -144,6 +165,136 @@ mod tests {
         assert_eq!(e.seq, Some(4));
         let e = decode_gateway(br#"{"type":"call.inbound","seq":"four"}"#, j).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    /// Keys and values the generated frames are made of: every field of
+    /// every event, a stranger, and values of each JSON kind, including the
+    /// enums' valid names.
+    const KEYS: &[&str] = &[
+        "type",
+        "seq",
+        "ref",
+        "call_id",
+        "to",
+        "from",
+        "priority",
+        "agent",
+        "reason",
+        "phone",
+        "callback_id",
+        "outcome",
+        "message_id",
+        "body",
+        "status",
+        "url",
+        "duration_ms",
+        "extra",
+    ];
+
+    fn value_strategy() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        let mut names: Vec<serde_json::Value> = GatewayEvent::TYPES.iter().map(|t| json!(t)).collect();
+        for n in ["caller_hangup", "agent_hangup", "failed", "no_answer", "connected", "delivered", "sent", "nope"] {
+            names.push(json!(n));
+        }
+        prop_oneof![
+            proptest::sample::select(names),
+            "[a-z+0-9]{0,6}".prop_map(|s| json!(s)),
+            (0u64..400).prop_map(|n| json!(n)),
+            Just(json!(-1)),
+            Just(json!(1.5)),
+            Just(json!(null)),
+            Just(json!(true)),
+            Just(json!([1])),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The one-pass decoder accepts nothing the general one refuses and
+        /// reads everything it accepts the same way, in both encodings.
+        /// The same, starting from well-formed frames with a few fields
+        /// overwritten, removed or added, so most of them are accepted.
+        #[test]
+        fn the_fast_gateway_decoder_agrees_on_nearly_valid_frames(
+            which in 0usize..9,
+            changes in proptest::collection::vec(
+                (proptest::sample::select(KEYS.to_vec()), proptest::option::of(value_strategy())), 0..3),
+        ) {
+            let mut value = serde_json::to_value(GatewayFrame { seq: 3, ref_: None, event: sample_events().swap_remove(which) }).unwrap();
+            let obj = value.as_object_mut().unwrap();
+            for (k, v) in changes {
+                match v {
+                    Some(v) => obj.insert(k.to_string(), v),
+                    None => obj.remove(k),
+                };
+            }
+            let json = serde_json::to_vec(&value).unwrap();
+            let mp = rmp_serde::to_vec_named(&value).unwrap();
+            for (bytes, enc) in [(&json[..], Encoding::Json), (&mp[..], Encoding::MsgPack)] {
+                proptest::prop_assert_eq!(decode_gateway(bytes, enc), decode_gateway_general(bytes, enc));
+            }
+        }
+
+        #[test]
+        fn the_fast_gateway_decoder_agrees_with_the_general_one(
+            ty in proptest::sample::select(GatewayEvent::TYPES.to_vec()),
+            fields in proptest::collection::vec((proptest::sample::select(KEYS.to_vec()), value_strategy()), 0..9),
+            keep_type in proptest::bool::weighted(0.9),
+        ) {
+            let mut obj = serde_json::Map::new();
+            if keep_type {
+                obj.insert("type".into(), serde_json::json!(ty));
+            }
+            for (k, v) in fields {
+                obj.insert(k.to_string(), v);
+            }
+            let value = serde_json::Value::Object(obj);
+            let json = serde_json::to_vec(&value).unwrap();
+            let mp = rmp_serde::to_vec_named(&value).unwrap();
+            for (bytes, enc) in [(&json[..], Encoding::Json), (&mp[..], Encoding::MsgPack)] {
+                let general = decode_gateway_general(bytes, enc);
+                let fast = decode_gateway(bytes, enc);
+                proptest::prop_assert_eq!(fast, general);
+            }
+        }
+    }
+
+    fn sample_events() -> Vec<GatewayEvent> {
+        use crate::protocol::gateway::{DeliveryStatus, DialOutcome, EndReason};
+        vec![
+            GatewayEvent::CallInbound { call_id: "c".into(), to: "+1".into(), from: "+2".into(), priority: Some(2) },
+            GatewayEvent::CallAnswered { call_id: "c".into(), agent: "a".into() },
+            GatewayEvent::CallBridgeFailed { call_id: "c".into(), agent: "a".into(), reason: "busy".into() },
+            GatewayEvent::CallEnded { call_id: "c".into(), reason: EndReason::AgentHangup },
+            GatewayEvent::CallbackRequested { call_id: "c".into(), phone: Some("+3".into()) },
+            GatewayEvent::CallbackResult { callback_id: "cb".into(), outcome: DialOutcome::NoAnswer },
+            GatewayEvent::MessageInbound {
+                message_id: "m".into(),
+                to: "+1".into(),
+                from: "+2".into(),
+                body: "hi".into(),
+            },
+            GatewayEvent::MessageStatus { message_id: "m".into(), status: DeliveryStatus::Delivered },
+            GatewayEvent::VoicemailRecorded { call_id: "c".into(), url: "u".into(), duration_ms: 9 },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_the_fast_decoder() {
+        for event in sample_events() {
+            let frame = GatewayFrame { seq: 5, ref_: Some("r".into()), event };
+            for enc in [Encoding::Json, Encoding::MsgPack] {
+                let bytes = enc.encode(&frame).unwrap();
+                let flat = parse::<FlatGatewayFrame>(&bytes, enc).unwrap().into_frame();
+                assert_eq!(flat.as_ref(), Some(&frame), "{enc:?}");
+            }
+        }
+        // Positional arrays stay refused, whichever path reads them.
+        let positional = rmp_serde::to_vec(&("call.answered", 1, "r", "c", "a")).unwrap();
+        assert!(decode_gateway(&positional, Encoding::MsgPack).is_err());
+        assert!(decode_gateway(br#"["call.answered",1,null,"c"]"#, Encoding::Json).is_err());
     }
 
     #[test]
