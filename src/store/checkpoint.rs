@@ -51,13 +51,12 @@ impl Shared {
     }
 }
 
-/// Runs a PASSIVE checkpoint; returns (frames in the log, frames copied).
-pub(super) fn passive(conn: &Connection) -> Result<(u64, u64), StoreError> {
-    let (busy, log, done): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let _ = busy;
-    // -1 when the database is not in WAL mode (never here).
-    Ok((u64::try_from(log).unwrap_or(0), u64::try_from(done).unwrap_or(0)))
+/// Runs a PASSIVE checkpoint; returns how many frames the log holds.
+pub(super) fn passive(conn: &Connection) -> Result<u64, StoreError> {
+    // The row is (busy, frames in the log, frames copied); the log is -1
+    // when the database is not in WAL mode (never here).
+    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    Ok(u64::try_from(log).unwrap_or(0))
 }
 
 /// The background checkpoint thread; stopped and joined on drop.
@@ -100,7 +99,7 @@ fn run(conn: Connection, every: Duration, shared: &Shared) {
         drop(stopped);
         let started = std::time::Instant::now();
         match passive(&conn) {
-            Ok((log, _)) => {
+            Ok(log) => {
                 shared.log_frames.store(log, Ordering::Release);
                 metrics::histogram!("ringline_journal_checkpoint_seconds").record(started.elapsed().as_secs_f64());
             }
