@@ -128,6 +128,30 @@ impl ConnHandle {
         true
     }
 
+    /// Queues several messages under one lock and wakes the writer once;
+    /// like [`ConnHandle::send`], a full queue closes the connection.
+    pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) {
+        let mut st = self.outbox.lock();
+        let mut queued = false;
+        for out in outs {
+            if st.writer_gone || st.close.is_some() {
+                break;
+            }
+            if st.queue.len() >= self.outbox.cap {
+                drop(st);
+                metrics::counter!("ringline_slow_clients_total").increment(1);
+                self.close(close::POLICY, "too slow: outbound queue full");
+                return;
+            }
+            st.queue.push_back(out);
+            queued = true;
+        }
+        drop(st);
+        if queued {
+            self.outbox.wake.notify_one();
+        }
+    }
+
     /// Asks the writer to close the connection; the first request wins.
     pub fn close(&self, code: u16, reason: &str) {
         let mut st = self.outbox.lock();
@@ -207,6 +231,15 @@ impl ConnRx {
         }
     }
 
+    /// The next queued message if there is one (none once closing).
+    pub fn try_next(&self) -> Option<Outbound> {
+        let mut st = self.outbox.lock();
+        if st.close.is_some() {
+            return None;
+        }
+        st.queue.pop_front()
+    }
+
     pub fn try_recv(&mut self) -> Option<Outbound> {
         self.outbox.lock().queue.pop_front()
     }
@@ -220,6 +253,9 @@ impl Drop for ConnRx {
         st.queue = VecDeque::new();
     }
 }
+
+/// Most queued messages an agent's writer sends in one write.
+const WRITE_BATCH: usize = 32;
 
 /// How long a closing connection may take to flush its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -237,46 +273,105 @@ pub async fn write_loop(
 ) -> Option<CloseRequest> {
     let mut ping = tokio::time::interval_at(Clock::tokio_now() + ping_every, ping_every);
     let _ = clock;
+    // A message taken from the queue while batching that must wait for the
+    // journal: it starts the next write.
+    let mut stash: Option<Outbound> = None;
     let reason = loop {
-        tokio::select! {
-            biased;
-            next = rx.next() => {
-                let (cmd, after, born) = match next {
+        let first = match stash.take() {
+            Some(out) => out,
+            None => tokio::select! {
+                biased;
+                next = rx.next() => match next {
                     Next::Close(req) => break Some(req),
-                    Next::Send(Outbound::Gateway { cmd, after, born }) => (cmd, after, born),
-                    Next::Send(Outbound::Agent { msg, born }) => {
-                        let Some(frame) = encode(encoding, &*msg) else { continue };
-                        if let Err(stop) = send_unless_closed(&mut sink, frame, &rx, None).await {
-                            break stop;
-                        }
-                        let _ = born;
-                        continue;
+                    Next::Send(out) => out,
+                },
+                _ = ping.tick() => {
+                    if let Err(stop) = send_unless_closed(&mut sink, [Message::Ping(Default::default())], &rx, None).await {
+                        break stop;
                     }
-                };
-                if journal.durable() < after && journal.wait_durable(after).await.is_err() {
-                    break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
+                    continue;
                 }
-                let Some(frame) = encode(encoding, &*cmd) else { continue };
-                // A peer that stops reading blocks this send once the
-                // kernel's buffers are full; a close requested meanwhile
-                // (its queue overflowed) must still end the connection.
-                if let Err(stop) = send_unless_closed(&mut sink, frame, &rx, None).await {
-                    break stop;
-                }
-                // Event received to ack written to the socket.
-                if let (true, Some(born)) = (matches!(*cmd, GatewayCommand::Ack { .. }), born) {
-                    ack_latency.record(born.elapsed().as_secs_f64());
-                }
-            }
-            _ = ping.tick() => {
-                if let Err(stop) = send_unless_closed(&mut sink, Message::Ping(Default::default()), &rx, None).await {
-                    break stop;
-                }
-            }
+            },
+        };
+        if let Outbound::Gateway { after, .. } = &first
+            && journal.durable() < *after
+            && journal.wait_durable(*after).await.is_err()
+        {
+            break Some(CloseRequest { code: 1011, reason: "journal unavailable".into() });
+        }
+        // Everything queued behind it that is already durable goes out in
+        // the same write: under load many acks share one syscall.
+        let Batch { frames, stamps: acks, held } = gather(first, &rx, encoding, Some(journal.durable()));
+        stash = held;
+        if frames.is_empty() {
+            continue;
+        }
+        // A peer that stops reading blocks this send once the kernel's
+        // buffers are full; a close requested meanwhile (its queue
+        // overflowed) must still end the connection.
+        if let Err(stop) = send_unless_closed(&mut sink, frames, &rx, None).await {
+            break stop;
+        }
+        for born in acks {
+            ack_latency.record(born.elapsed().as_secs_f64());
         }
     };
     say_goodbye(&mut sink, reason.as_ref()).await;
     reason
+}
+
+/// Frames for one write, taken from the front of a connection's queue.
+#[derive(Debug)]
+struct Batch {
+    frames: Vec<Message>,
+    /// When the events behind the timed messages in it (offers, acks) were
+    /// received, for the latency metrics.
+    stamps: Vec<tokio::time::Instant>,
+    /// A gateway message taken from the queue that must wait for the
+    /// journal: it starts the next batch.
+    held: Option<Outbound>,
+}
+
+/// Encodes `first` and whatever is queued behind it, up to
+/// [`WRITE_BATCH`] frames, stopping at the first gateway message whose
+/// input is not yet durable (`durable`: the journal's durable position),
+/// which is returned in `held` so that no ack overtakes the journal.
+/// A softphone's writer passes `durable: None`: gateway messages are not
+/// for it and are dropped.
+fn gather(first: Outbound, rx: &ConnRx, encoding: Encoding, durable: Option<u64>) -> Batch {
+    let mut batch = Batch { frames: Vec::new(), stamps: Vec::new(), held: None };
+    let mut out = Some(first);
+    while let Some(o) = out.take() {
+        match o {
+            Outbound::Agent { msg, born } => {
+                if let Some(frame) = encode(encoding, &*msg) {
+                    batch.frames.push(frame);
+                    if let (AgentMessage::Offer { .. }, Some(born)) = (&*msg, born) {
+                        batch.stamps.push(born);
+                    }
+                }
+            }
+            Outbound::Gateway { cmd, born, .. } => {
+                if durable.is_some()
+                    && let Some(frame) = encode(encoding, &*cmd)
+                {
+                    batch.frames.push(frame);
+                    if let (GatewayCommand::Ack { .. }, Some(born)) = (&*cmd, born) {
+                        batch.stamps.push(born);
+                    }
+                }
+            }
+        }
+        if batch.frames.len() < WRITE_BATCH {
+            match rx.try_next() {
+                Some(o @ Outbound::Gateway { after, .. }) if durable.is_some_and(|d| after > d) => {
+                    batch.held = Some(o);
+                }
+                next => out = next,
+            }
+        }
+    }
+    batch
 }
 
 /// Sends the close frame (if the server is the one closing) and closes.
@@ -461,16 +556,21 @@ pub async fn serve_single(
                 break Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() });
             }
             next = rx.next() => {
-                let (msg, born) = match next {
+                let first = match next {
                     Next::Close(req) => break Some(req),
-                    Next::Send(Outbound::Agent { msg, born }) => (msg, born),
-                    Next::Send(Outbound::Gateway { .. }) => continue,
+                    Next::Send(out) => out,
                 };
-                let Some(frame) = encode(encoding, &*msg) else { continue };
-                if let Err(stop) = send_unless_closed(&mut socket, frame, &rx, Some(&mut shutdown)).await {
+                // Whatever else is queued goes out in the same write (an
+                // offer and the `status` it causes, a burst of revokes): one
+                // syscall instead of one per message.
+                let Batch { frames, stamps: offers, .. } = gather(first, &rx, encoding, None);
+                if frames.is_empty() {
+                    continue;
+                }
+                if let Err(stop) = send_unless_closed(&mut socket, frames, &rx, Some(&mut shutdown)).await {
                     break stop;
                 }
-                if let (true, Some(born)) = (matches!(*msg, AgentMessage::Offer { .. }), born) {
+                for born in offers {
                     offer_latency.record(born.elapsed().as_secs_f64());
                 }
             }
@@ -499,7 +599,7 @@ pub async fn serve_single(
                 }
                 if now >= next_ping {
                     next_ping = now + ping_every;
-                    if let Err(stop) = send_unless_closed(&mut socket, Message::Ping(Default::default()), &rx, Some(&mut shutdown)).await {
+                    if let Err(stop) = send_unless_closed(&mut socket, [Message::Ping(Default::default())], &rx, Some(&mut shutdown)).await {
                         break stop;
                     }
                 }
@@ -515,11 +615,12 @@ pub async fn serve_single(
     reason
 }
 
-/// Writes one frame unless the connection is closed (or the server stops)
-/// while the write waits for a peer that does not read.
+/// Writes frames (flushed once, at the end) unless the connection is
+/// closed (or the server stops) while the write waits for a peer that does
+/// not read.
 async fn send_unless_closed<S>(
     sink: &mut S,
-    frame: Message,
+    frames: impl IntoIterator<Item = Message>,
     rx: &ConnRx,
     shutdown: Option<&mut watch::Receiver<bool>>,
 ) -> Result<(), Option<CloseRequest>>
@@ -534,9 +635,15 @@ where
             None => std::future::pending::<()>().await,
         }
     };
+    let write = async {
+        for f in frames {
+            sink.feed(f).await?;
+        }
+        sink.flush().await
+    };
     tokio::select! {
         biased;
-        sent = sink.send(frame) => sent.map_err(|_| None),
+        sent = write => sent.map_err(|_| None),
         req = rx.closed() => Err(Some(req)),
         () = stopping => Err(Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() })),
     }
@@ -638,6 +745,73 @@ mod tests {
         assert!(!m.hit(t0 + Duration::from_secs(70)), "the first two fell out of the window");
         assert!(!m.hit(t0 + Duration::from_secs(71)));
         assert!(m.hit(t0 + Duration::from_secs(72)));
+    }
+
+    fn ack(seq: u64, after: u64) -> Outbound {
+        Outbound::Gateway { cmd: Box::new(GatewayCommand::Ack { seq }), after, born: Some(tokio::time::Instant::now()) }
+    }
+
+    fn text(m: &Message) -> String {
+        match m {
+            Message::Text(t) => t.to_string(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_at_an_ack_whose_input_is_not_durable() {
+        let (h, rx) = ConnHandle::new(ConnId(1), ConnKind::Gateway { name: "g".into() }, Encoding::Json, 8);
+        for (seq, after) in [(2, 2), (3, 3), (4, 2)] {
+            assert!(h.send(ack(seq, after)));
+        }
+        let b = gather(ack(1, 1), &rx, Encoding::Json, Some(2));
+        let sent: Vec<String> = b.frames.iter().map(text).collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[0].contains(r#""seq":1"#) && sent[1].contains(r#""seq":2"#), "{sent:?}");
+        assert_eq!(b.stamps.len(), 2);
+        // Held back, and nothing behind it overtook it.
+        assert!(matches!(&b.held, Some(Outbound::Gateway { after: 3, .. })));
+        assert!(matches!(rx.try_next(), Some(Outbound::Gateway { after: 2, .. })));
+        assert!(rx.try_next().is_none());
+    }
+
+    #[test]
+    fn a_softphone_gets_everything_queued_in_one_batch_in_order() {
+        let kind = ConnKind::Agent { account: "a".into(), user: "u".into() };
+        let (h, rx) = ConnHandle::new(ConnId(1), kind, Encoding::Json, 64);
+        let offer = AgentMessage::Offer {
+            offer_id: crate::core::ids::OfferId(7),
+            kind: crate::protocol::agent::OfferKind::Inbound,
+            call_id: Some("c1".into()),
+            callback_id: None,
+            number: "+15550100".into(),
+            from: "+15551230001".into(),
+            expires_in_ms: 15_000,
+        };
+        let pong = |r: &str| Outbound::Agent {
+            msg: Arc::new(AgentMessage::Pong { ref_: Some(crate::protocol::Ref::from(r)) }),
+            born: None,
+        };
+        h.send_all([pong("a"), ack(9, 0), pong("b")]);
+        for i in 0..WRITE_BATCH + 5 {
+            h.send(pong(&format!("n{i}")));
+        }
+        let first = Outbound::Agent { msg: Arc::new(offer), born: Some(tokio::time::Instant::now()) };
+        let b = gather(first, &rx, Encoding::Json, None);
+        let sent: Vec<String> = b.frames.iter().map(text).collect();
+        assert_eq!(sent.len(), WRITE_BATCH);
+        assert!(sent[0].contains(r#""type":"offer""#), "{sent:?}");
+        assert!(sent[1].contains(r#""ref":"a""#) && sent[2].contains(r#""ref":"b""#), "the ack is not for a softphone");
+        assert!(sent[3].contains(r#""ref":"n0""#), "{sent:?}");
+        assert_eq!(b.stamps.len(), 1, "the offer is timed");
+        assert!(b.held.is_none());
+        // The rest waits for the next write, in order.
+        let next = rx.try_next();
+        let want = format!("n{}", WRITE_BATCH - 3);
+        assert!(
+            matches!(&next, Some(Outbound::Agent { msg, .. }) if matches!(&**msg, AgentMessage::Pong { ref_: Some(r) } if **r == *want)),
+            "{next:?}"
+        );
     }
 
     #[tokio::test]

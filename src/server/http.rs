@@ -141,7 +141,7 @@ impl Credentials {
 pub fn sized(ws: WebSocketUpgrade, s: &ServerSettings) -> WebSocketUpgrade {
     let hard = s.max_frame_bytes.saturating_mul(16);
     ws.read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(4 * 1024)
         .max_write_buffer_size(hard.max(64 * 1024))
         .max_message_size(hard)
         .max_frame_size(hard)

@@ -19,8 +19,9 @@ pub mod wire;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::core::ids::{AccountId, ConnId};
+use crate::core::ids::{AccountId, ConnId, UserId};
 use crate::core::{Engine, Input, Instant, Output};
+use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::GatewayCommand;
 use crate::store::{History, JournalHandle, Store, StoreConfig};
 use conn::Outbound;
@@ -124,18 +125,7 @@ impl App {
 /// Routes one engine output to where it goes.
 pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Instant>) {
     match o {
-        Output::User { account, user, msg } => {
-            let msg = Arc::new(msg);
-            // Sending only queues (or marks the connection for closing), so
-            // holding the map entries meanwhile is fine.
-            if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
-                for id in conns.iter() {
-                    if let Some(c) = app.dir.conns.get(id) {
-                        c.send(Outbound::Agent { msg: msg.clone(), born });
-                    }
-                }
-            }
-        }
+        Output::User { account, user, msg } => deliver_to_user(app, account, user, vec![msg], born),
         Output::Users { account, users, msg } => {
             let msg = Arc::new(msg);
             for user in users {
@@ -161,6 +151,26 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
         Output::Gateway { account, cmd } => app.send_to_gateway(&account, Box::new(cmd), after),
         Output::Directory(change) => app.dir.apply(&change),
         Output::Record { .. } => {}
+    }
+}
+
+/// Queues messages for every connection of one user, in order.
+pub fn deliver_to_user(
+    app: &App,
+    account: AccountId,
+    user: UserId,
+    msgs: Vec<AgentMessage>,
+    born: Option<tokio::time::Instant>,
+) {
+    // Sending only queues (or marks the connection for closing), so
+    // holding the map entries meanwhile is fine.
+    if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
+        let msgs: Vec<Arc<AgentMessage>> = msgs.into_iter().map(Arc::new).collect();
+        for id in conns.iter() {
+            if let Some(c) = app.dir.conns.get(id) {
+                c.send_all(msgs.iter().map(|m| Outbound::Agent { msg: m.clone(), born }));
+            }
+        }
     }
 }
 

@@ -240,7 +240,8 @@ impl Shard {
         let h = self.engine.handle(now, input);
         let mut delivered = false;
         let mut later = Vec::new();
-        for o in self.engine.drain_outputs() {
+        let mut outputs = self.engine.drain_outputs().peekable();
+        while let Some(o) = outputs.next() {
             match o {
                 Output::Record { account, record } => {
                     metrics_for_record(&record);
@@ -248,6 +249,27 @@ impl Shard {
                 }
                 // Needs the journal position, known after the append.
                 o @ Output::Gateway { .. } => later.push(o),
+                // A user's consecutive messages (an offer and the `status`
+                // it causes) are looked up and queued together.
+                Output::User { account, user, msg } => {
+                    if matches!(msg, AgentMessage::Offer { .. }) {
+                        self.app.hot.offers.increment(1);
+                    }
+                    let mut msgs = vec![msg];
+                    while let Some(Output::User { account: a, user: u, .. }) = outputs.peek()
+                        && *a == account
+                        && *u == user
+                    {
+                        if let Some(Output::User { msg, .. }) = outputs.next() {
+                            if matches!(msg, AgentMessage::Offer { .. }) {
+                                self.app.hot.offers.increment(1);
+                            }
+                            msgs.push(msg);
+                        }
+                    }
+                    delivered = true;
+                    super::deliver_to_user(&self.app, account, user, msgs, Some(born));
+                }
                 o => {
                     if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
                         self.app.hot.offers.increment(1);
