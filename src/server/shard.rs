@@ -122,6 +122,9 @@ struct Routed {
     later: Vec<Output>,
     /// Whether a softphone was sent anything.
     delivered: bool,
+    /// The rest of a fan-out (reversed), delivered after the first offer
+    /// is written.
+    rest: Vec<Output>,
 }
 
 struct Shard {
@@ -213,6 +216,16 @@ impl Shard {
     /// yield; it keeps batching.
     async fn process(&mut self, input: Input, origin: Origin, born: tokio::time::Instant) {
         let mut routed = self.route(input, born);
+        if !routed.rest.is_empty() {
+            // A fan-out (`ring_all`): the first phone's offer is written
+            // before the others are queued, so the first ring does not wait
+            // for all of them.
+            if self.rx.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let mut rest = std::mem::take(&mut routed.rest);
+            routed.delivered |= self.dispatch(&mut rest, born, &mut routed.later, false);
+        }
         if routed.delivered && self.rx.is_empty() {
             tokio::task::yield_now().await;
         }
@@ -238,10 +251,35 @@ impl Shard {
             _ => Some(input.clone()),
         };
         let h = self.engine.handle(now, input);
-        let mut delivered = false;
         let mut later = Vec::new();
-        let mut outputs = self.engine.drain_outputs().peekable();
-        while let Some(o) = outputs.next() {
+        let mut rest: Vec<Output> = self.engine.drain_outputs().collect();
+        rest.reverse();
+        let delivered = self.dispatch(&mut rest, born, &mut later, true);
+        if inbound && matches!(h.result, Ok(Reply::Done)) {
+            self.app.hot.inbound_calls.increment(1);
+        }
+        let journal = match (h.journal, copy, account) {
+            (true, Some(copy), Some(account)) => Some((now, account, copy)),
+            _ => None,
+        };
+        Routed { result: h.result, journal, later, delivered, rest }
+    }
+
+    /// Handles outputs popped from the back of `outputs`: records are kept
+    /// for the journal, gateway messages go to `later` (they need the
+    /// journal position), the rest is delivered. With `split`, it stops
+    /// after the first user's offer when what is left is only more users'
+    /// messages, history and gateway messages (a fan-out), leaving them
+    /// in `outputs`. Returns whether a softphone was sent anything.
+    fn dispatch(
+        &mut self,
+        outputs: &mut Vec<Output>,
+        born: tokio::time::Instant,
+        later: &mut Vec<Output>,
+        split: bool,
+    ) -> bool {
+        let mut delivered = false;
+        while let Some(o) = outputs.pop() {
             match o {
                 Output::Record { account, record } => {
                     metrics_for_record(&record);
@@ -252,42 +290,33 @@ impl Shard {
                 // A user's consecutive messages (an offer and the `status`
                 // it causes) are looked up and queued together.
                 Output::User { account, user, msg } => {
-                    if matches!(msg, AgentMessage::Offer { .. }) {
-                        self.app.hot.offers.increment(1);
-                    }
+                    let mut offer = matches!(msg, AgentMessage::Offer { .. });
                     let mut msgs = vec![msg];
-                    while let Some(Output::User { account: a, user: u, .. }) = outputs.peek()
+                    while let Some(Output::User { account: a, user: u, .. }) = outputs.last()
                         && *a == account
                         && *u == user
                     {
-                        if let Some(Output::User { msg, .. }) = outputs.next() {
-                            if matches!(msg, AgentMessage::Offer { .. }) {
-                                self.app.hot.offers.increment(1);
-                            }
+                        if let Some(Output::User { msg, .. }) = outputs.pop() {
+                            offer |= matches!(msg, AgentMessage::Offer { .. });
                             msgs.push(msg);
                         }
                     }
+                    let offers = msgs.iter().filter(|m| matches!(m, AgentMessage::Offer { .. })).count();
+                    self.app.hot.offers.increment(offers as u64);
                     delivered = true;
                     super::deliver_to_user(&self.app, account, user, msgs, Some(born));
+                    if split && offer && is_fan_out(outputs) {
+                        return true;
+                    }
                 }
                 o => {
-                    if let Output::User { msg: AgentMessage::Offer { .. }, .. } = &o {
-                        self.app.hot.offers.increment(1);
-                    }
-                    delivered |= matches!(o, Output::User { .. } | Output::Users { .. } | Output::Conn { .. });
+                    delivered |= matches!(o, Output::Users { .. } | Output::Conn { .. });
                     // `after` only matters to gateway messages.
                     super::deliver(&self.app, o, 0, Some(born));
                 }
             }
         }
-        if inbound && matches!(h.result, Ok(Reply::Done)) {
-            self.app.hot.inbound_calls.increment(1);
-        }
-        let journal = match (h.journal, copy, account) {
-            (true, Some(copy), Some(account)) => Some((now, account, copy)),
-            _ => None,
-        };
-        Routed { result: h.result, journal, later, delivered }
+        delivered
     }
 
     /// Journals the input with the history it produced; returns the journal
@@ -355,6 +384,14 @@ impl QueueGauges {
             last: None,
         }
     }
+}
+
+/// Whether the outputs left are another user's offer plus only what may
+/// wait for it: more users' messages, history, gateway messages. (Directory
+/// changes and closes are never held back behind a yield.)
+fn is_fan_out(outputs: &[Output]) -> bool {
+    outputs.iter().any(|o| matches!(o, Output::User { msg: AgentMessage::Offer { .. }, .. }))
+        && outputs.iter().all(|o| matches!(o, Output::User { .. } | Output::Record { .. } | Output::Gateway { .. }))
 }
 
 fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64, born: tokio::time::Instant) {
@@ -463,6 +500,36 @@ announce_every = "30s"
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[test]
+    fn only_a_plain_fan_out_is_split() {
+        let offer = |user: &str, id: u64| Output::User {
+            account: "acme".into(),
+            user: user.into(),
+            msg: AgentMessage::Offer {
+                offer_id: crate::core::ids::OfferId(id),
+                kind: crate::protocol::agent::OfferKind::Inbound,
+                call_id: Some("c1".into()),
+                callback_id: None,
+                number: "+15550100".into(),
+                from: "+1555".into(),
+                expires_in_ms: 1000,
+            },
+        };
+        let status = |user: &str| Output::User {
+            account: "acme".into(),
+            user: user.into(),
+            msg: AgentMessage::Status { status: crate::protocol::agent::Status::Ringing, reason: None, until: None },
+        };
+        let ringing = Output::Gateway {
+            account: "acme".into(),
+            cmd: GatewayCommand::CallRinging { call_id: "c1".into(), agents: vec!["bob".into()] },
+        };
+        assert!(is_fan_out(&[offer("carol", 2), status("carol"), ringing.clone()]));
+        assert!(!is_fan_out(&[status("carol"), ringing.clone()]), "nothing left worth a yield");
+        let close = Output::Close { conn: ConnId(3), reason: crate::core::CloseReason::Removed };
+        assert!(!is_fan_out(&[offer("carol", 2), close]), "a close is never held back");
     }
 
     #[tokio::test(start_paused = true)]
