@@ -112,36 +112,26 @@ impl ConnHandle {
     /// whether the message was queued (not once the connection is closing
     /// or gone).
     pub fn send(&self, out: Outbound) -> bool {
-        let mut st = self.outbox.lock();
-        if st.writer_gone || st.close.is_some() {
-            return false;
-        }
-        if st.queue.len() >= self.outbox.cap {
-            drop(st);
-            metrics::counter!("ringline_slow_clients_total").increment(1);
-            self.close(close::POLICY, "too slow: outbound queue full");
-            return false;
-        }
-        st.queue.push_back(out);
-        drop(st);
-        self.outbox.wake.notify_one();
-        true
+        self.send_all([out])
     }
 
-    /// Queues several messages under one lock and wakes the writer once;
-    /// like [`ConnHandle::send`], a full queue closes the connection.
-    pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) {
+    /// Queues messages in order under one lock and wakes the writer once;
+    /// a full queue closes the connection. Returns whether all of them
+    /// were queued.
+    pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) -> bool {
         let mut st = self.outbox.lock();
         let mut queued = false;
+        let mut all = true;
         for out in outs {
             if st.writer_gone || st.close.is_some() {
+                all = false;
                 break;
             }
             if st.queue.len() >= self.outbox.cap {
                 drop(st);
                 metrics::counter!("ringline_slow_clients_total").increment(1);
                 self.close(close::POLICY, "too slow: outbound queue full");
-                return;
+                return false;
             }
             st.queue.push_back(out);
             queued = true;
@@ -150,6 +140,7 @@ impl ConnHandle {
         if queued {
             self.outbox.wake.notify_one();
         }
+        all
     }
 
     /// Asks the writer to close the connection; the first request wins.
@@ -239,10 +230,6 @@ impl ConnRx {
         }
         st.queue.pop_front()
     }
-
-    pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.outbox.lock().queue.pop_front()
-    }
 }
 
 impl Drop for ConnRx {
@@ -254,7 +241,7 @@ impl Drop for ConnRx {
     }
 }
 
-/// Most queued messages an agent's writer sends in one write.
+/// Most queued messages a connection's writer sends in one write.
 const WRITE_BATCH: usize = 32;
 
 /// How long a closing connection may take to flush its close frame.

@@ -16,6 +16,7 @@ use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
 use crate::store::SnapshotRow;
 use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -122,9 +123,8 @@ struct Routed {
     later: Vec<Output>,
     /// Whether a softphone was sent anything.
     delivered: bool,
-    /// The rest of a fan-out (reversed), delivered after the first offer
-    /// is written.
-    rest: Vec<Output>,
+    /// The rest of a fan-out, delivered after the first offer is written.
+    rest: VecDeque<Output>,
 }
 
 struct Shard {
@@ -252,8 +252,7 @@ impl Shard {
         };
         let h = self.engine.handle(now, input);
         let mut later = Vec::new();
-        let mut rest: Vec<Output> = self.engine.drain_outputs().collect();
-        rest.reverse();
+        let mut rest: VecDeque<Output> = self.engine.drain_outputs().collect();
         let delivered = self.dispatch(&mut rest, born, &mut later, true);
         if inbound && matches!(h.result, Ok(Reply::Done)) {
             self.app.hot.inbound_calls.increment(1);
@@ -265,7 +264,7 @@ impl Shard {
         Routed { result: h.result, journal, later, delivered, rest }
     }
 
-    /// Handles outputs popped from the back of `outputs`: records are kept
+    /// Handles `outputs` in order: records are kept
     /// for the journal, gateway messages go to `later` (they need the
     /// journal position), the rest is delivered. With `split`, it stops
     /// after the first user's offer when what is left is only more users'
@@ -273,13 +272,13 @@ impl Shard {
     /// in `outputs`. Returns whether a softphone was sent anything.
     fn dispatch(
         &mut self,
-        outputs: &mut Vec<Output>,
+        outputs: &mut VecDeque<Output>,
         born: tokio::time::Instant,
         later: &mut Vec<Output>,
-        split: bool,
+        mut split: bool,
     ) -> bool {
         let mut delivered = false;
-        while let Some(o) = outputs.pop() {
+        while let Some(o) = outputs.pop_front() {
             match o {
                 Output::Record { account, record } => {
                     metrics_for_record(&record);
@@ -290,14 +289,12 @@ impl Shard {
                 // A user's consecutive messages (an offer and the `status`
                 // it causes) are looked up and queued together.
                 Output::User { account, user, msg } => {
-                    let mut offer = matches!(msg, AgentMessage::Offer { .. });
                     let mut msgs = vec![msg];
-                    while let Some(Output::User { account: a, user: u, .. }) = outputs.last()
+                    while let Some(Output::User { account: a, user: u, .. }) = outputs.front()
                         && *a == account
                         && *u == user
                     {
-                        if let Some(Output::User { msg, .. }) = outputs.pop() {
-                            offer |= matches!(msg, AgentMessage::Offer { .. });
+                        if let Some(Output::User { msg, .. }) = outputs.pop_front() {
                             msgs.push(msg);
                         }
                     }
@@ -305,8 +302,12 @@ impl Shard {
                     self.app.hot.offers.increment(offers as u64);
                     delivered = true;
                     super::deliver_to_user(&self.app, account, user, msgs, Some(born));
-                    if split && offer && is_fan_out(outputs) {
-                        return true;
+                    // Only the first phone's offer is worth a split.
+                    if split && offers > 0 {
+                        if is_fan_out(outputs) {
+                            return true;
+                        }
+                        split = false;
                     }
                 }
                 o => {
@@ -389,7 +390,7 @@ impl QueueGauges {
 /// Whether the outputs left are another user's offer plus only what may
 /// wait for it: more users' messages, history, gateway messages. (Directory
 /// changes and closes are never held back behind a yield.)
-fn is_fan_out(outputs: &[Output]) -> bool {
+fn is_fan_out(outputs: &VecDeque<Output>) -> bool {
     outputs.iter().any(|o| matches!(o, Output::User { msg: AgentMessage::Offer { .. }, .. }))
         && outputs.iter().all(|o| matches!(o, Output::User { .. } | Output::Record { .. } | Output::Gateway { .. }))
 }
@@ -487,7 +488,7 @@ announce_every = "30s"
 
     fn agent_msgs(rx: &mut ConnRx) -> Vec<AgentMessage> {
         let mut out = Vec::new();
-        while let Some(o) = rx.try_recv() {
+        while let Some(o) = rx.try_next() {
             if let Outbound::Agent { msg, .. } = o {
                 out.push((*msg).clone());
             }
@@ -526,10 +527,10 @@ announce_every = "30s"
             account: "acme".into(),
             cmd: GatewayCommand::CallRinging { call_id: "c1".into(), agents: vec!["bob".into()] },
         };
-        assert!(is_fan_out(&[offer("carol", 2), status("carol"), ringing.clone()]));
-        assert!(!is_fan_out(&[status("carol"), ringing.clone()]), "nothing left worth a yield");
+        assert!(is_fan_out(&[offer("carol", 2), status("carol"), ringing.clone()].into()));
+        assert!(!is_fan_out(&[status("carol"), ringing.clone()].into()), "nothing left worth a yield");
         let close = Output::Close { conn: ConnId(3), reason: crate::core::CloseReason::Removed };
-        assert!(!is_fan_out(&[offer("carol", 2), close]), "a close is never held back");
+        assert!(!is_fan_out(&[offer("carol", 2), close].into()), "a close is never held back");
     }
 
     #[tokio::test(start_paused = true)]
@@ -585,7 +586,7 @@ announce_every = "30s"
         settle().await;
         let count = |rx: &mut ConnRx| {
             let mut n = 0;
-            while let Some(o) = rx.try_recv() {
+            while let Some(o) = rx.try_next() {
                 if let Outbound::Gateway { cmd, .. } = o
                     && matches!(*cmd, GatewayCommand::CallAnnounce { .. })
                 {
