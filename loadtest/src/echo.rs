@@ -1,8 +1,7 @@
 //! The baseline: a bare tokio-tungstenite echo server (4 KiB read buffer,
-//! one task per connection, default socket options, like the ringline
-//! server's). Run in-process on its own runtime for the round-trip
-//! baseline, or as a process of its own (`echo-server`) for the idle-memory
-//! comparison.
+//! one task per connection, TCP_NODELAY, like the ringline server's). Run
+//! in-process on its own runtime for the round-trip baseline, or as a
+//! process of its own (`echo-server`) for the idle-memory comparison.
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -10,6 +9,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 async fn serve_conn(stream: TcpStream) {
+    // As the ringline server does: without it an echo can sit out a 40 ms
+    // delayed ACK (Nagle), which inflated the baseline's tail.
+    let _ = stream.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(crate::conn::ws_config())).await else {
         return;
     };
