@@ -4,6 +4,10 @@
 //!   on a number whose `pool` targets are all idle and eligible, until the
 //!   offer is out. The caller then hangs up (untimed) so the next iteration
 //!   sees the same pool.
+//! - `inbound_cold/<strategy>/20`: the same decision on a 20-agent number
+//!   (the load test's size) after 64 MiB of unrelated memory has been
+//!   walked (untimed), so code and data come from RAM as they do at light
+//!   load, when 100 ms pass between two calls.
 //! - `agent_available/10000_waiting`: an agent comes back to a queue of
 //!   10,000 waiting callers and is offered the oldest (one it has not been
 //!   offered before).
@@ -93,6 +97,52 @@ fn routing_decision(c: &mut Criterion) {
                 })
             });
         }
+    }
+    group.finish();
+}
+
+/// Evicts the caches: one write per cache line over more memory than the
+/// last-level cache holds.
+fn evict(buf: &mut [u8]) {
+    for i in (0..buf.len()).step_by(64) {
+        buf[i] = buf[i].wrapping_add(1);
+    }
+    black_box(&buf);
+}
+
+fn cold_routing_decision(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inbound_cold");
+    group.sample_size(50).measurement_time(Duration::from_secs(5));
+    let mut scratch = vec![0u8; 64 << 20];
+    for strategy in Strategy::ALL {
+        let mut b = bed(strategy, 20, QueueSettings::default());
+        let account = b.account.clone();
+        let mut n = 0u64;
+        group.bench_function(BenchmarkId::new(strategy.as_str(), 20), |bench| {
+            bench.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let id = format!("c{n}");
+                    let input = Input::Gateway { account: account.clone(), event: inbound(&id) };
+                    evict(&mut scratch);
+                    let start = Instant::now();
+                    let h = b.engine.handle(b.now, input);
+                    b.engine.drain_outputs().for_each(|o| {
+                        black_box(o);
+                    });
+                    total += start.elapsed();
+                    black_box(&h);
+                    let end = GatewayEvent::CallEnded { call_id: id.as_str().into(), reason: EndReason::CallerHangup };
+                    handle(&mut b, Input::Gateway { account: account.clone(), event: end });
+                    if n.is_multiple_of(10_000) {
+                        b.now = b.now + Duration::from_secs(3600);
+                        handle(&mut b, Input::Tick);
+                    }
+                }
+                total
+            })
+        });
     }
     group.finish();
 }
@@ -194,5 +244,5 @@ fn full_lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing_decision, agent_becomes_available, full_lifecycle);
+criterion_group!(benches, routing_decision, cold_routing_decision, agent_becomes_available, full_lifecycle);
 criterion_main!(benches);
