@@ -1219,7 +1219,12 @@ impl Driver {
         };
         if let Some(c) = self.call_of(m.call_id.as_deref()) {
             let call = &mut self.calls[c as usize];
-            if call.first_offer_at.is_none() {
+            // Connection tasks hand their frames over in whatever order
+            // they run: the first offer is the earliest receipt, not the
+            // first one this loop hears of.
+            if let Some(first) = call.first_offer_at.as_mut() {
+                *first = (*first).min(at);
+            } else {
                 call.first_offer_at = Some(at);
                 if call.record
                     && call.first_route != Some(Route::Queued)
