@@ -57,6 +57,18 @@ fn handle(b: &mut Bed, input: Input) {
     b.engine.drain_outputs().for_each(drop);
 }
 
+/// Untimed, after a decision: call `id` (the `n`th) hangs up so the next
+/// sample sees the same pool, and every 10,000 calls the clock jumps an
+/// hour so the dedupe window does not grow across samples.
+fn hang_up(b: &mut Bed, id: &str, n: u64) {
+    let end = GatewayEvent::CallEnded { call_id: id.into(), reason: EndReason::CallerHangup };
+    handle(b, Input::Gateway { account: b.account.clone(), event: end });
+    if n.is_multiple_of(10_000) {
+        b.now = b.now + Duration::from_secs(3600);
+        handle(b, Input::Tick);
+    }
+}
+
 fn routing_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("inbound");
     for strategy in Strategy::ALL {
@@ -84,14 +96,7 @@ fn routing_decision(c: &mut Criterion) {
                         total += start.elapsed();
                         black_box(&h);
                         b.engine.drain_outputs().for_each(drop);
-                        let end =
-                            GatewayEvent::CallEnded { call_id: id.as_str().into(), reason: EndReason::CallerHangup };
-                        handle(b, Input::Gateway { account: account.clone(), event: end });
-                        // Keep the dedupe window from growing across samples.
-                        if n.is_multiple_of(10_000) {
-                            b.now = b.now + Duration::from_secs(3600);
-                            handle(b, Input::Tick);
-                        }
+                        hang_up(b, &id, n);
                     }
                     total
                 })
@@ -133,12 +138,7 @@ fn cold_routing_decision(c: &mut Criterion) {
                     });
                     total += start.elapsed();
                     black_box(&h);
-                    let end = GatewayEvent::CallEnded { call_id: id.as_str().into(), reason: EndReason::CallerHangup };
-                    handle(&mut b, Input::Gateway { account: account.clone(), event: end });
-                    if n.is_multiple_of(10_000) {
-                        b.now = b.now + Duration::from_secs(3600);
-                        handle(&mut b, Input::Tick);
-                    }
+                    hang_up(&mut b, &id, n);
                 }
                 total
             })

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// mimalloc keeps per-thread free lists: the cold, allocation-heavy offer path
-// and each idle connection's buffers cost less than with glibc's malloc
-// (measured: 7.9 instead of 9.0 KiB per idle connection, docs/benchmarks.md).
+// For memory, not speed: an idle connection's buffers cost 7.9 KiB with
+// mimalloc against 9.0 KiB with glibc's malloc; the latency difference was
+// within the noise (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
