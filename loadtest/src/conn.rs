@@ -97,6 +97,40 @@ pub async fn connect(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<W
     }
 }
 
+/// Connects and runs one connection on an OS thread with a single-threaded
+/// runtime of its own; returns once the connection is open.
+///
+/// For the gateway: a real gateway is a process of its own, not one task
+/// among ten thousand simulated softphones. On the shared runtime its
+/// receipt stamps (the `ack`, `call.bridge`) waited behind the driver's
+/// batches and the agents' tasks, which the server did not cause. Its send
+/// stamps were already taken right before the write.
+pub async fn run_on_own_thread(
+    name: &str,
+    peer: Peer,
+    addr: SocketAddr,
+    path_and_query: String,
+    rx: mpsc::UnboundedReceiver<Out>,
+    events: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        rt.block_on(async move {
+            match connect(addr, &path_and_query).await {
+                Ok(ws) => {
+                    let _ = opened_tx.send(Ok(()));
+                    run(peer, ws, rx, events).await;
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    opened_rx.await.map_err(|_| anyhow::anyhow!("{name}: the connection thread ended before connecting"))?
+}
+
 /// Runs one connection until the driver drops its sender or the peer goes.
 pub async fn run(peer: Peer, mut ws: Ws, mut rx: mpsc::UnboundedReceiver<Out>, events: mpsc::UnboundedSender<Event>) {
     let why = loop {

@@ -6,7 +6,7 @@ use crate::config::Topology;
 use crate::conn::{self, Event, Out, Peer};
 use crate::driver::{Arrival, Behaviour, Driver, PhaseData};
 use crate::echo::EchoServer;
-use crate::metrics::{OFFER_METRIC, PromHistogram};
+use crate::metrics::{ACK_METRIC, OFFER_METRIC, PromHistogram};
 use crate::procfs::{self, Machine, Sampler, Usage};
 use crate::report::{ConnectSummary, IdleReport, InvariantReport, PhaseReport, RunReport, TopologySummary};
 use crate::stats::{Latency, fmt_us};
@@ -294,10 +294,9 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
         }
         None => None,
     };
-    let gw_ws =
-        conn::connect(target, &format!("/v1/gateway?token={}&encoding={}", topo.gateway_token, enc.query())).await?;
     let (gw_tx, gw_rx) = mpsc::unbounded_channel();
-    tokio::spawn(conn::run(Peer::Gateway, gw_ws, gw_rx, ev_tx.clone()));
+    let gw_path = format!("/v1/gateway?token={}&encoding={}", topo.gateway_token, enc.query());
+    conn::run_on_own_thread("gateway", Peer::Gateway, target, gw_path, gw_rx, ev_tx.clone()).await?;
 
     let rss_before = settings.server_pid.and_then(procfs::rss_kib);
     let t_connect = Instant::now();
@@ -389,13 +388,15 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
         let server_usage = h.server.as_ref().map(|s| s.usage(t0, t_arrivals));
         let harness_usage = h.me.usage(t0, t_arrivals);
         let metrics_after = crate::metrics::scrape(target).await;
-        let server_offer = match (metrics_before, metrics_after) {
+        let server_latency = |name: &str| match (&metrics_before, &metrics_after) {
             (Some(b), Some(a)) => {
-                let (b, a) = (PromHistogram::parse(&b, OFFER_METRIC), PromHistogram::parse(&a, OFFER_METRIC));
+                let (b, a) = (PromHistogram::parse(b, name), PromHistogram::parse(a, name));
                 a.map(|a| a.since(&b.unwrap_or_default()).summary())
             }
             _ => None,
         };
+        let server_offer = server_latency(OFFER_METRIC);
+        let server_ack = server_latency(ACK_METRIC);
         phases.push(phase_report(
             arrival,
             settings.duration,
@@ -408,7 +409,7 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
             server_usage,
             harness_usage,
             (load_start, load_end),
-            server_offer,
+            (server_offer, server_ack),
             machine_cpu,
         ));
     }
@@ -451,7 +452,10 @@ fn phase_report(
     server: Option<Usage>,
     harness: Usage,
     load: (f64, f64),
-    server_offer_latency: Option<crate::metrics::ServerLatency>,
+    (server_offer_latency, server_ack_latency): (
+        Option<crate::metrics::ServerLatency>,
+        Option<crate::metrics::ServerLatency>,
+    ),
     machine_cpu_pct: f64,
 ) -> PhaseReport {
     let other_cpu_pct =
@@ -518,6 +522,7 @@ fn phase_report(
         forced_hangup: forced,
         server,
         server_offer_latency,
+        server_ack_latency,
         harness,
         machine_cpu_pct,
         other_cpu_pct,
@@ -590,6 +595,7 @@ pub async fn baseline(
         forced_hangup: false,
         server: None,
         server_offer_latency: None,
+        server_ack_latency: None,
         harness: h.me.usage(t0, Instant::now()),
         machine_cpu_pct: 0.0,
         other_cpu_pct: None,
