@@ -2,13 +2,16 @@
 //! after a phase. `ringline_offer_latency_seconds` times an offer from the
 //! moment the shard got the input to the moment the frame was written, so
 //! comparing it with the harness's offer latency splits the time between
-//! the server's inside and the sockets around it.
+//! the server's inside and the sockets around it. Likewise
+//! `ringline_ack_latency_seconds` for the durability latency.
 
 use serde::Serialize;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const OFFER_METRIC: &str = "ringline_offer_latency_seconds";
+/// Gateway event received to its `ack` written (the commit included).
+pub const ACK_METRIC: &str = "ringline_ack_latency_seconds";
 
 /// `GET /metrics`; `None` if the server does not answer it.
 pub async fn scrape(addr: SocketAddr) -> Option<String> {

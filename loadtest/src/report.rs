@@ -66,6 +66,8 @@ pub struct PhaseReport {
     /// The server's own `ringline_offer_latency_seconds` over the phase
     /// (shard input -> frame written; every offer), from `/metrics`.
     pub server_offer_latency: Option<crate::metrics::ServerLatency>,
+    /// The server's `ringline_ack_latency_seconds` over the phase.
+    pub server_ack_latency: Option<crate::metrics::ServerLatency>,
     pub harness: Usage,
     /// CPU use of the whole machine over the arrival window, in percent of
     /// one core (200% = both cores busy).
@@ -214,16 +216,20 @@ impl RunReport {
                     u.cpu_avg_pct, u.cpu_peak_pct, u.rss_avg_mib, u.rss_peak_mib
                 );
             }
-            if let Some(l) = &p.server_offer_latency {
-                let le = |v: Option<f64>| v.map_or("-".into(), |v| format!("<= {}", fmt_us(v)));
-                let _ = writeln!(
-                    s,
-                    "   server-side offer latency (/metrics, {} offers): mean {}, p50 {}, p99 {}",
-                    l.count,
-                    fmt_us(l.mean_us),
-                    le(l.p50_at_most_us),
-                    le(l.p99_at_most_us)
-                );
+            let le = |v: Option<f64>| v.map_or("-".into(), |v| format!("<= {}", fmt_us(v)));
+            for (what, unit, l) in
+                [("offer", "offers", &p.server_offer_latency), ("ack", "acks", &p.server_ack_latency)]
+            {
+                if let Some(l) = l {
+                    let _ = writeln!(
+                        s,
+                        "   server-side {what} latency (/metrics, {} {unit}): mean {}, p50 {}, p99 {}",
+                        l.count,
+                        fmt_us(l.mean_us),
+                        le(l.p50_at_most_us),
+                        le(l.p99_at_most_us)
+                    );
+                }
             }
             let _ = writeln!(
                 s,

@@ -99,6 +99,9 @@ fn check(report: &RunReport) -> &PhaseReport {
     assert!(p.ratio_to_baseline.contains_key("offer"));
     // The server's own offer timing came from its /metrics.
     assert!(p.server_offer_latency.is_some_and(|l| l.count > 0), "{:?}", p.server_offer_latency);
+    // Every acked gateway event is in the server's own ack histogram.
+    let acked = p.latency_us["ack_all"].count;
+    assert!(p.server_ack_latency.is_some_and(|l| l.count >= acked), "{:?} for {acked} acks", p.server_ack_latency);
     p
 }
 
