@@ -181,8 +181,14 @@ impl Writer {
     /// two commits, so the next commit starts the WAL over (see
     /// `checkpoint.rs`). Runs after the previous batch was published
     /// durable, so no ack waits for it.
+    #[allow(clippy::disallowed_methods)] // its duration is a metric
     fn rewind_log(&mut self) {
-        if let Err(e) = super::checkpoint::passive(&self.conn) {
+        let started = std::time::Instant::now();
+        let copied = super::checkpoint::passive(&self.conn);
+        // Appends that arrive meanwhile wait for it, so it is part of the
+        // ack latency without being part of any commit.
+        metrics::histogram!("ringline_journal_wal_reset_seconds").record(started.elapsed().as_secs_f64());
+        if let Err(e) = copied {
             tracing::warn!(error = %e, "checkpoint to rewind the WAL failed");
         }
         // Copied or not (a history reader may still use old frames), the
