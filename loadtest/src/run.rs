@@ -409,7 +409,8 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
             server_usage,
             harness_usage,
             (load_start, load_end),
-            (server_offer, server_ack),
+            server_offer,
+            server_ack,
             machine_cpu,
         ));
     }
@@ -452,10 +453,8 @@ fn phase_report(
     server: Option<Usage>,
     harness: Usage,
     load: (f64, f64),
-    (server_offer_latency, server_ack_latency): (
-        Option<crate::metrics::ServerLatency>,
-        Option<crate::metrics::ServerLatency>,
-    ),
+    server_offer_latency: Option<crate::metrics::ServerLatency>,
+    server_ack_latency: Option<crate::metrics::ServerLatency>,
     machine_cpu_pct: f64,
 ) -> PhaseReport {
     let other_cpu_pct =

@@ -180,13 +180,12 @@ impl Writer {
     /// Copies what the background checkpoints have not yet copied, between
     /// two commits, so the next commit starts the WAL over (see
     /// `checkpoint.rs`). Runs after the previous batch was published
-    /// durable, so no ack waits for it.
+    /// durable, so no ack already committed waits for it; appends that
+    /// arrive meanwhile do, which is why it is timed apart from commits.
     #[allow(clippy::disallowed_methods)] // its duration is a metric
     fn rewind_log(&mut self) {
         let started = std::time::Instant::now();
         let copied = super::checkpoint::passive(&self.conn);
-        // Appends that arrive meanwhile wait for it, so it is part of the
-        // ack latency without being part of any commit.
         metrics::histogram!("ringline_journal_wal_reset_seconds").record(started.elapsed().as_secs_f64());
         if let Err(e) = copied {
             tracing::warn!(error = %e, "checkpoint to rewind the WAL failed");
