@@ -63,22 +63,6 @@ fn call(conn: &Connection, account: &AccountId, c: &CallRecord) -> Result<(), St
         int(c.talk_ms),
         c.restricted,
     ])?;
-
-    // Rewritten as a whole so an upsert that changes who was involved
-    // leaves no stale visibility behind.
-    conn.prepare_cached("DELETE FROM call_users WHERE account = ?1 AND call_id = ?2")?
-        .execute(params![account.as_str(), c.id])?;
-    let mut ins =
-        conn.prepare_cached("INSERT OR IGNORE INTO call_users (account, call_id, user, role) VALUES (?1, ?2, ?3, ?4)")?;
-    let involved = c
-        .rung
-        .iter()
-        .map(|u| (u, "rung"))
-        .chain(c.answered_by.iter().map(|u| (u, "answered")))
-        .chain(c.placed_by.iter().map(|u| (u, "placed")));
-    for (user, role) in involved {
-        ins.execute(params![account.as_str(), c.id, user.as_str(), role])?;
-    }
     Ok(())
 }
 
@@ -151,11 +135,6 @@ fn voicemail(conn: &Connection, account: &AccountId, v: &VoicemailRecord) -> Res
 /// voicemails by `at`); returns how many records went.
 pub fn purge_before(conn: &Connection, cutoff: Instant) -> Result<u64, StoreError> {
     let cutoff = at(cutoff);
-    conn.prepare_cached(
-        "DELETE FROM call_users WHERE (account, call_id) IN
-             (SELECT account, id FROM calls WHERE ended_at < ?1)",
-    )?
-    .execute([cutoff])?;
     let mut n = conn.prepare_cached("DELETE FROM calls WHERE ended_at < ?1")?.execute([cutoff])?;
     n += conn.prepare_cached("DELETE FROM messages WHERE at < ?1")?.execute([cutoff])?;
     n += conn.prepare_cached("DELETE FROM voicemails WHERE at < ?1")?.execute([cutoff])?;

@@ -101,7 +101,15 @@ CREATE INDEX voicemails_by_time ON voicemails (account, at, call_id);
 CREATE INDEX voicemails_by_number ON voicemails (account, number, at, call_id);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+// `call_users` answered "was the viewer involved in this call?", but every
+// row of a call cost a random B-tree page in the table and one per user in
+// its index: twenty-odd for a `ring_all` call. The checkpoints writing those
+// pages back were most of the journal commits' latency tail (see
+// docs/benchmarks.md). The same answer comes from the call's own row:
+// `answered_by`, `placed_by` and the `rung` JSON array.
+const V2: &str = "DROP TABLE call_users;";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -185,5 +193,27 @@ mod tests {
 
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::SchemaTooNew { .. })));
+    }
+
+    #[test]
+    fn version_2_drops_call_users_and_keeps_the_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = open_writer(&path).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO calls VALUES ('acme', 'c1', 'inbound', 'support', '+1', '+2', 0, '[\"bob\"]', NULL, \
+             NULL, 'missed', '{}', NULL, NULL, 1, 10, NULL, 20, 10, 0, 0);
+             INSERT INTO call_users VALUES ('acme', 'c1', 'bob', 'rung');",
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 1);
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'call_users%'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "call_users and its index are gone");
+        let rung: String = conn.query_row("SELECT rung FROM calls WHERE id = 'c1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(rung, r#"["bob"]"#);
     }
 }
