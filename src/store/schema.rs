@@ -101,12 +101,13 @@ CREATE INDEX voicemails_by_time ON voicemails (account, at, call_id);
 CREATE INDEX voicemails_by_number ON voicemails (account, number, at, call_id);
 ";
 
-// `call_users` answered "was the viewer involved in this call?", but every
-// row of a call cost a random B-tree page in the table and one per user in
-// its index: twenty-odd for a `ring_all` call. The checkpoints writing those
-// pages back were most of the journal commits' latency tail (see
-// docs/benchmarks.md). The same answer comes from the call's own row:
-// `answered_by`, `placed_by` and the `rung` JSON array.
+// `call_users` answered "was the viewer involved in this call?", but each
+// call cost a random B-tree page in the table and one per user rung in its
+// index (which no query used): twenty-odd for a `ring_all` call. Journal
+// syncs wait behind the checkpoints that write those pages back; that was
+// most of the gateway ack's latency tail (docs/benchmarks.md). The same
+// answer comes from the call's own row: `answered_by`, `placed_by` and the
+// `rung` JSON array.
 const V2: &str = "DROP TABLE call_users;";
 
 const MIGRATIONS: &[&str] = &[V1, V2];
