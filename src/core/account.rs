@@ -81,6 +81,11 @@ pub(crate) struct Account {
     /// entries are re-routed, so the oldest call goes first.
     #[serde(skip)]
     pub(crate) freed: VecDeque<UserIx>,
+    /// Freed users who had turned down every ready entry: they start a new
+    /// cycle only once every other freed user has taken its oldest entry,
+    /// because the new cycle may ring those users too.
+    #[serde(skip)]
+    pub(crate) turned_all: VecDeque<UserIx>,
     /// Entries that need a routing decision, in service order.
     #[serde(skip)]
     pub(crate) dirty: BTreeSet<QKey>,
@@ -116,6 +121,7 @@ impl Account {
             owner_ix: None,
             now,
             freed: VecDeque::new(),
+            turned_all: VecDeque::new(),
             dirty: BTreeSet::new(),
             out: Vec::new(),
         }

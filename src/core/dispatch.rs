@@ -4,10 +4,14 @@
 //!
 //! After every input the account *settles*: first each user who just became
 //! eligible takes the oldest entry (priority, then arrival) among all the
-//! numbers it serves; then each entry that lost its offers is routed by its
-//! number's strategy. Agents go first so that a freed agent serves the
-//! longest-waiting caller across its numbers, not whichever call happened to
-//! trigger the decision.
+//! numbers it serves; then those of them who had turned down every ready
+//! entry start a new cycle; then each entry that lost its offers is routed
+//! by its number's strategy. Agents go first so that a freed agent serves
+//! the longest-waiting caller across its numbers, not whichever call
+//! happened to trigger the decision. New cycles wait for every freed agent's
+//! pick because re-routing an entry by its strategy may ring any idle
+//! target, and a freed one that has not picked yet could be rung for a
+//! newer call than one waiting for it elsewhere.
 //!
 //! When settling ends, no eligible agent idles while an entry it could take
 //! waits with no offer out (work conservation; checked by the simulation).
@@ -35,6 +39,12 @@ impl Account {
     pub(crate) fn settle(&mut self) {
         loop {
             if let Some(u) = self.freed.pop_front() {
+                if self.user(u).in_pools && !self.take_oldest(u) {
+                    self.turned_all.push_back(u);
+                }
+                continue;
+            }
+            if let Some(u) = self.turned_all.pop_front() {
                 if self.user(u).in_pools {
                     self.dispatch_agent(u);
                 }
@@ -48,29 +58,48 @@ impl Account {
         }
     }
 
-    /// A user became eligible: give it the oldest ready entry it has not
-    /// already turned down in this cycle. If it has turned down every ready
+    /// A user became eligible: offer it the oldest ready entry it has not
+    /// already turned down in this cycle. Returns false if there is none.
+    fn take_oldest(&mut self, u: UserIx) -> bool {
+        match self.oldest_for(u).0 {
+            Some(k) => {
+                self.offer_and_announce(k.seq, &[u]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// For an eligible user: the oldest ready entry it has not turned down
+    /// in this cycle, and the oldest it has turned down that nobody is
+    /// ringing.
+    fn oldest_for(&self, u: UserIx) -> (Option<QKey>, Option<QKey>) {
+        let mut best: Option<QKey> = None;
+        let mut best_tried: Option<QKey> = None;
+        for &(n, _) in &self.user(u).serves {
+            for key in &self.number(n).ready {
+                if best.is_some_and(|b| *key >= b) {
+                    break;
+                }
+                let e = &self.entries[&key.seq];
+                if !e.tried.contains(&u) {
+                    best = Some(*key);
+                    break;
+                }
+                if e.offers.is_empty() && best_tried.is_none_or(|b| *key < b) {
+                    best_tried = Some(*key);
+                }
+            }
+        }
+        (best, best_tried)
+    }
+
+    /// As [`Self::take_oldest`]; if the user has turned down every ready
     /// entry, re-route the oldest of those with nobody ringing: a new cycle
     /// starts, which may well ring this user again.
     fn dispatch_agent(&mut self, u: UserIx) {
         while self.user(u).in_pools {
-            let mut best: Option<QKey> = None;
-            let mut best_tried: Option<QKey> = None;
-            for &(n, _) in &self.user(u).serves {
-                for key in &self.number(n).ready {
-                    if best.is_some_and(|b| *key >= b) {
-                        break;
-                    }
-                    let e = &self.entries[&key.seq];
-                    if !e.tried.contains(&u) {
-                        best = Some(*key);
-                        break;
-                    }
-                    if e.offers.is_empty() && best_tried.is_none_or(|b| *key < b) {
-                        best_tried = Some(*key);
-                    }
-                }
-            }
+            let (best, best_tried) = self.oldest_for(u);
             if let Some(k) = best {
                 self.offer_and_announce(k.seq, &[u]);
                 return;
@@ -420,6 +449,48 @@ mod tests {
         };
         b.number(N, &["a"], routing, QueueSettings::default());
         assert_eq!(b.offers_to("z").len(), 1, "the waiting call is offered under the new targets");
+        b.check();
+    }
+
+    /// Several agents freed by one input each get their own oldest entry
+    /// before any of them starts a new cycle: re-routing a call the first
+    /// one turned down must not ring the second with it while an older
+    /// call on the second's other number waits (found by the simulation,
+    /// seed 2024).
+    #[test]
+    fn agents_freed_together_each_take_their_oldest_before_a_new_cycle() {
+        const A: &str = "+15550101"; // ring_all u, v
+        const B: &str = "+15550102"; // v only
+        const C: &str = "+15550103"; // ring_in_order u, v
+        let mut b = Bed::new();
+        b.agents(&["u", "v"]);
+        b.simple_number(A, &["u", "v"], Strategy::RingAll);
+        b.simple_number(B, &["v"], Strategy::RingInOrder);
+        b.simple_number(C, &["u", "v"], Strategy::RingInOrder);
+        b.connect("u");
+        b.connect("v");
+        b.agent("v", AgentCommand::StatusSet { status: WantedStatus::Away, reason: None });
+        b.take();
+        b.inbound_prio("c99", C, Some(0));
+        let o = b.offer_to("u");
+        b.inbound_prio("c126", A, Some(5));
+        b.take();
+        // u turns c99 down and takes c126, which then rings v too.
+        b.decline("u", o);
+        assert_eq!(b.offers_to("u").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c126"]);
+        b.take();
+        b.agent("v", AgentCommand::StatusSet { status: WantedStatus::Available, reason: None });
+        assert_eq!(b.offers_to("v").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c126"]);
+        b.take();
+        // Ahead of c99 (priority), on a number only v serves.
+        b.inbound_prio("c97", B, Some(3));
+        assert!(b.offered_users().is_empty());
+        b.take();
+        // Both are freed at once: v takes c97, its oldest; u, having
+        // turned down everything else, starts a new cycle on c99.
+        b.ended("c126", EndReason::CallerHangup);
+        assert_eq!(b.offers_to("v").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c97"]);
+        assert_eq!(b.offers_to("u").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c99"]);
         b.check();
     }
 }

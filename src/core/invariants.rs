@@ -20,7 +20,10 @@ macro_rules! ensure {
 
 impl Account {
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        ensure!(self.freed.is_empty() && self.dirty.is_empty(), "scratch queues not empty after settling");
+        ensure!(
+            self.freed.is_empty() && self.turned_all.is_empty() && self.dirty.is_empty(),
+            "scratch queues not empty after settling"
+        );
         // Offers point at a ringing user and a queued entry, and back.
         for (id, o) in &self.offers {
             ensure!(
