@@ -162,6 +162,9 @@ pub struct ServerSettings {
     pub shards: usize,
     /// Journal entries written between two snapshots.
     pub snapshot_every: u64,
+    /// Whether a graceful stop writes a last snapshot (so the next start
+    /// replays nothing).
+    pub snapshot_on_stop: bool,
     /// How long call, message and voicemail history is kept.
     #[serde(with = "duration_str")]
     pub history_retention: Duration,
@@ -180,6 +183,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(45),
             shards: 2,
             snapshot_every: 100_000,
+            snapshot_on_stop: true,
             history_retention: Duration::from_secs(365 * 86_400),
             log_format: LogFormat::Human,
         }
@@ -1215,6 +1219,7 @@ assigned = ["gina"]
         assert_eq!(s.idle_timeout, Duration::from_secs(45));
         assert_eq!(s.shards, 2);
         assert_eq!(s.snapshot_every, 100_000);
+        assert!(s.snapshot_on_stop);
         assert_eq!(s.history_retention, Duration::from_secs(365 * 86_400));
         assert_eq!(s.log_format, LogFormat::Human);
         let b = &c.billing;

@@ -1,7 +1,8 @@
 //! Restarts on the same data dir keep the state the issue lists: round-robin
 //! positions, waiting calls in order, callback retry schedules, wrap-up
 //! deadlines. Run once replaying the journal only, once with snapshots (the
-//! journal truncated behind them).
+//! journal truncated behind them). A graceful stop leaves a snapshot and
+//! nothing to replay.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 const N: &str = "+15550100";
 
+/// With `snapshot_every` of 100 or more, no snapshot is written at all
+/// (not even on stop), so restarts replay the whole journal.
 fn cfg(snapshot_every: u32) -> String {
     let numbers = number(
         N,
@@ -18,7 +21,9 @@ fn cfg(snapshot_every: u32) -> String {
         "wrap_up = \"2s\"",
         "callback = true\ncallback_attempts = 2\ncallback_retry_after = \"2s\"\nmax_wait = \"1h\"",
     );
-    config(&numbers).replace("[server]\n", &format!("[server]\nsnapshot_every = {snapshot_every}\n"))
+    let on_stop = snapshot_every < 100;
+    config(&numbers)
+        .replace("[server]\n", &format!("[server]\nsnapshot_every = {snapshot_every}\nsnapshot_on_stop = {on_stop}\n"))
 }
 
 async fn restart(srv: TestServer) -> TestServer {
@@ -70,9 +75,11 @@ async fn state_survives_a_restart(snapshot_every: u32) {
     }
     drop((a, gw));
     let srv = restart(srv).await;
+    let (journal, snapshot_rows) = journal_rows(&srv).await;
     if snapshots {
-        let (journal, _) = journal_rows(&srv).await;
         assert!(journal < 20, "the journal was truncated behind the snapshot ({journal} rows)");
+    } else {
+        assert_eq!(snapshot_rows, 0, "this run replays the journal only");
     }
     let mut gw = srv.gateway().await;
     let mut a = vec![available(&srv, "a1").await, available(&srv, "a2").await, available(&srv, "a3").await];
@@ -144,4 +151,34 @@ async fn state_survives_restarts_from_the_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_restarts_from_snapshots() {
     state_survives_a_restart(3).await;
+}
+
+/// A graceful stop writes a last snapshot covering everything journaled:
+/// the next start restores it and has nothing to replay, with the state
+/// intact (the round-robin position here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_leaves_a_snapshot_and_nothing_to_replay() {
+    let numbers = number(N, "round_robin", "", "");
+    let srv = TestServer::start(&config(&numbers)).await;
+    let mut gw = srv.gateway().await;
+    let mut a = vec![srv.agent("a1").await, srv.agent("a2").await, srv.agent("a3").await];
+    serve(&mut gw, &mut a[0], "rr1", "a1").await;
+    assert!(journal_rows(&srv).await.0 > 0, "the call was journaled");
+    assert_eq!(journal_rows(&srv).await.1, 0, "no periodic snapshot yet");
+    drop((a, gw));
+    let text = srv.config_text.clone();
+    let data = srv.stop().await;
+    let db = rusqlite::Connection::open(data.path().join("ringline.db")).expect("db");
+    let journal: i64 = db.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).expect("count");
+    let snapshots: i64 = db.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).expect("count");
+    drop(db);
+    assert!(snapshots > 0, "the stop wrote a snapshot");
+    assert_eq!(journal, 0, "the snapshot covers the whole journal");
+    let srv = TestServer::start_in(&text, data).await;
+    let mut gw = srv.gateway().await;
+    let mut a2 = available(&srv, "a2").await;
+    let _a1 = available(&srv, "a1").await;
+    gw.inbound("rr2", N).await;
+    assert_eq!(a2.accept_next().await["call_id"], "rr2", "round robin goes on after a1");
+    srv.stop().await;
 }

@@ -420,6 +420,16 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // A last snapshot: the next start restores it instead of replaying
+        // the journal since the previous one, so a planned restart is quick
+        // and a new release does not re-decide what this one journaled.
+        if serve_app.config.server.snapshot_on_stop {
+            let mut generation = 0;
+            match take_snapshot(&serve_app, &mut generation).await {
+                Ok(()) => tracing::info!(seq = generation, "final snapshot written"),
+                Err(e) => tracing::warn!("final snapshot failed (the next start replays the journal): {e}"),
+            }
+        }
         if let Some(shards) = serve_app.shards.get() {
             for s in shards {
                 let (tx, rx) = tokio::sync::oneshot::channel();
