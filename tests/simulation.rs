@@ -74,6 +74,9 @@ struct World {
     dialling: BTreeMap<String, (AccountId, UserId, String)>,
     /// What agents see: pending offer per (account, user).
     offers: BTreeMap<(AccountId, UserId), (OfferId, String)>,
+    /// Offers the last input revoked or won (even if it was refused: timers
+    /// due at its instant fire first).
+    ended_now: BTreeSet<(AccountId, UserId, OfferId)>,
     /// Which call each agent is on, per the commands the gateway got.
     busy: BTreeMap<(AccountId, UserId), String>,
     conns: BTreeMap<(AccountId, UserId), Vec<ConnId>>,
@@ -108,6 +111,7 @@ impl World {
             calls: BTreeMap::new(),
             dialling: BTreeMap::new(),
             offers: BTreeMap::new(),
+            ended_now: BTreeSet::new(),
             busy: BTreeMap::new(),
             conns: BTreeMap::new(),
             users: Vec::new(),
@@ -201,6 +205,14 @@ impl World {
         );
     }
 
+    /// Puts back an offer taken out of `offers` before a command the
+    /// engine refused, unless that very input ended it.
+    fn restore_offer(&mut self, key: (AccountId, UserId), pending: (OfferId, String)) {
+        if !self.ended_now.contains(&(key.0.clone(), key.1.clone(), pending.0)) {
+            self.offers.insert(key, pending);
+        }
+    }
+
     fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
         if items.is_empty() {
             return None;
@@ -213,6 +225,11 @@ impl World {
     /// came out.
     fn feed(&mut self, input: Input) -> Result<Reply, ringline::core::CoreError> {
         let before = self.longest_idle_view();
+        let trace = std::env::var_os("RINGLINE_SIM_TRACE").is_some();
+        if trace {
+            // Before handling too, so an input the engine panics on is named.
+            eprintln!("[{}] {:?} {:?} ...", self.step, self.now, input);
+        }
         let h = self.engine.handle(self.now, input.clone());
         if h.journal {
             self.journal.push((self.now, input.clone()));
@@ -221,8 +238,8 @@ impl World {
             self.fail("a refused input asked to be journaled");
         }
         let outs: Vec<Output> = self.engine.drain_outputs().collect();
-        if std::env::var_os("RINGLINE_SIM_TRACE").is_some() {
-            eprintln!("[{}] {:?} {:?} -> {:?}", self.step, self.now, input, h.result);
+        if trace {
+            eprintln!("[{}] -> {:?}", self.step, h.result);
             for o in &outs {
                 eprintln!("      {o:?}");
             }
@@ -250,6 +267,7 @@ impl World {
 
     fn observe(&mut self, outs: &[Output], idle_before: BTreeMap<(AccountId, UserId), Instant>) {
         let mut offered_now: Vec<(AccountId, UserId, String)> = Vec::new();
+        self.ended_now.clear();
         for o in outs {
             match o {
                 Output::User { account, user, msg } => match msg {
@@ -268,6 +286,7 @@ impl World {
                         self.offers.insert(key, (*offer_id, id));
                     }
                     AgentMessage::OfferRevoked { offer_id, .. } | AgentMessage::OfferWon { offer_id, .. } => {
+                        self.ended_now.insert((account.clone(), user.clone(), *offer_id));
                         let key = (account.clone(), user.clone());
                         if self.offers.get(&key).is_some_and(|(o, _)| o == offer_id) {
                             self.offers.remove(&key);
@@ -460,7 +479,7 @@ impl World {
         // The engine may ring the same user again within this very input.
         self.offers.remove(&(a.clone(), u.clone()));
         if self.agent_cmd(&a, &u, AgentCommand::OfferDecline { offer_id: offer }).is_err() {
-            self.offers.insert((a, u), (offer, id));
+            self.restore_offer((a, u), (offer, id));
         }
     }
 
@@ -596,7 +615,7 @@ impl World {
         if self.agent_cmd(&a, &u, AgentCommand::StatusSet { status, reason: None }).is_err()
             && let Some(p) = pending
         {
-            self.offers.insert((a, u), p);
+            self.restore_offer((a, u), p);
         }
     }
 
@@ -613,7 +632,7 @@ impl World {
         if self.agent_cmd(&a, &u, AgentCommand::CallDial { from, to: "+15557770000".into() }).is_err()
             && let Some(p) = pending
         {
-            self.offers.insert((a, u), p);
+            self.restore_offer((a, u), p);
         }
     }
 
@@ -711,7 +730,7 @@ impl World {
             }
         } else {
             if let Some(o) = saved.0 {
-                self.offers.insert(key.clone(), o);
+                self.restore_offer(key.clone(), o);
             }
             if let Some(c) = saved.1 {
                 self.conns.insert(key, c);
@@ -885,13 +904,16 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// At least 1,000,000 inputs across the default seeds.
+/// 4,000,000 inputs across the default seeds (a few seconds on 2 cores with
+/// the test profile's optimisation). Seeds are cheap and bugs hide in rare
+/// worlds: a queue-order bug showed in 4 of about 90 seeds from 1000 and
+/// 2000 up, and in none of 1-4.
 #[test]
 fn random_worlds_keep_every_invariant() {
     let steps = env_u64("RINGLINE_SIM_STEPS").unwrap_or(250_000);
     let seeds: Vec<u64> = match env_u64("RINGLINE_SIM_SEED") {
         Some(s) => vec![s],
-        None => vec![1, 2, 3, 4],
+        None => (1..=16).collect(),
     };
     let handles: Vec<_> = seeds.into_iter().map(|seed| std::thread::spawn(move || run(seed, steps))).collect();
     for h in handles {
