@@ -3,7 +3,9 @@
 //! A random world of callers, a gateway and agents (several devices each)
 //! drives the engine with arrivals, accepts, declines, hang-ups, bridge
 //! failures, disconnects, presence changes, callback requests and results,
-//! outbound calls, duplicate and bogus events, and admin changes. After every
+//! outbound calls, duplicate and bogus events, and admin changes (a
+//! number's strategy, targets, ring timeout, wrap-up, auto-away, queue
+//! limits, announcements, callbacks and overflow, all random). After every
 //! step it checks the engine's internal invariants (including work
 //! conservation and queue order at decision time) and what an outside
 //! observer can see:
@@ -378,7 +380,14 @@ impl World {
     ) {
         let view = self.engine.inspect();
         let offered_users: BTreeSet<_> = offered.iter().map(|(a, u, _)| (a.clone(), u.clone())).collect();
-        for (a, u, id) in offered {
+        // Only an entry's last offer in this input: the `tried` list read
+        // below is the one after the input, and a time jump can expire
+        // several offers of one entry in one tick and start a new cycle
+        // (clearing the list) between them.
+        let mut seen = BTreeSet::new();
+        let last_offers: Vec<_> =
+            offered.iter().rev().filter(|(a, _, id)| seen.insert((a.clone(), id.clone()))).collect();
+        for (a, u, id) in last_offers {
             let Some(&t_u) = before.get(&(a.clone(), u.clone())) else { continue };
             for n in view.numbers(a) {
                 if view.strategy(a, &n) != Some(Strategy::LongestIdle) {
@@ -598,13 +607,20 @@ impl World {
         let open: Vec<_> = self.conns.iter().flat_map(|(k, v)| v.iter().map(move |c| (k.clone(), *c))).collect();
         let Some(((a, u), conn)) = self.pick(&open) else { return };
         let key = (a.clone(), u);
+        let mut last = false;
         if let Some(v) = self.conns.get_mut(&key) {
             v.retain(|&c| c != conn);
-            if v.is_empty() {
-                self.offers.remove(&key); // withdrawn with the last device
-            }
+            last = v.is_empty();
+        }
+        if last {
+            self.offers.remove(&key); // withdrawn with the last device
         }
         let _ = self.feed(Input::Disconnect { account: a, conn });
+        if last {
+            // Also one made by a timer that fired first in this very input:
+            // it is withdrawn silently too (nobody is left to tell).
+            self.offers.remove(&key);
+        }
     }
 
     fn presence(&mut self) {
@@ -691,18 +707,46 @@ impl World {
             }
         }
         assigned.retain(|u| u.as_str() != "o1");
+        // Sometimes an explicit target list: any of the account's users
+        // (assigned or not), in a random order.
+        let targets = if self.rng.random_bool(0.3) {
+            let mut t: Vec<UserId> = pool.iter().filter(|_| self.rng.random_bool(0.5)).cloned().collect();
+            for i in (1..t.len()).rev() {
+                let j = self.rng.random_range(0..=i);
+                t.swap(i, j);
+            }
+            Some(t)
+        } else {
+            None
+        };
+        let overflow = match self.rng.random_range(0..3) {
+            0 => Overflow::Voicemail,
+            1 => Overflow::Hangup,
+            _ => Overflow::Forward("+15550199".into()),
+        };
+        let callback = self.rng.random_bool(0.7);
         let spec = NumberSpec {
             name: "changed".into(),
             assigned,
             caller_id: if a.as_str() == ACME { vec!["o1".into()] } else { vec![] },
-            routing: RoutingSettings { strategy, ring_timeout: Duration::from_secs(4), ..Default::default() },
+            routing: RoutingSettings {
+                strategy,
+                ring_timeout: Duration::from_millis(self.rng.random_range(500..8_000)),
+                wrap_up: Duration::from_millis(self.rng.random_range(0..3_000)),
+                targets,
+                auto_away_after_missed: if self.rng.random_bool(0.2) { self.rng.random_range(1..4) } else { 0 },
+            },
             queue: QueueSettings {
-                max_waiting: 6,
-                max_wait: Duration::from_secs(90),
-                callback: true,
-                callback_attempts: 2,
-                callback_retry_after: Duration::from_secs(10),
-                ..Default::default()
+                enabled: self.rng.random_bool(0.9),
+                max_waiting: self.rng.random_range(1..10),
+                max_wait: Duration::from_secs(self.rng.random_range(5..120)),
+                announce_position: self.rng.random_bool(0.8),
+                announce_every: Duration::from_secs(self.rng.random_range(1..30)),
+                announce_min_gap: Duration::from_millis(self.rng.random_range(0..5_000)),
+                callback,
+                callback_attempts: self.rng.random_range(1..4),
+                callback_retry_after: Duration::from_secs(self.rng.random_range(1..20)),
+                overflow,
             },
         };
         let _ = self.feed(Input::Admin {
