@@ -99,6 +99,24 @@ pub struct Handled {
     pub result: Result<Reply, CoreError>,
 }
 
+/// Marks a snapshot that starts with a state version.
+pub const SNAPSHOT_MAGIC: &[u8] = b"RLS";
+/// The version of the engine state's shape that [`Engine::snapshot`] writes.
+pub const STATE_VERSION: u8 = 1;
+
+/// Why a snapshot's state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(
+        "the snapshot holds engine state version {found}, newer than this release reads (up to {supported}): start the release that wrote it"
+    )]
+    Newer { found: u8, supported: u8 },
+    #[error("the snapshot ends after its header")]
+    Truncated,
+    #[error("the snapshot's state does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
 /// The routing engine for a set of accounts (a shard).
 ///
 /// # Contract
@@ -363,12 +381,32 @@ impl Engine {
         out
     }
 
+    /// The engine's state for a snapshot: [`SNAPSHOT_MAGIC`], the state
+    /// version, then the state as MessagePack with field names.
     pub fn snapshot(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.push(STATE_VERSION);
+        rmp_serde::encode::write_named(&mut out, self)?;
+        Ok(out)
     }
 
-    pub fn restore(bytes: &[u8]) -> Result<Engine, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(bytes)
+    /// Reads a snapshot written by this release or an older one. A release
+    /// that changes the state's shape bumps [`STATE_VERSION`] and converts
+    /// the older versions here; a newer version is refused, not guessed at.
+    pub fn restore(bytes: &[u8]) -> Result<Engine, RestoreError> {
+        let (version, state) = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            Some([version, state @ ..]) => (*version, state),
+            Some([]) => return Err(RestoreError::Truncated),
+            // Snapshots from before the header hold version 1's state as
+            // is. (MessagePack encodes the state as a map, whose first byte
+            // is never the magic's `R`.)
+            None => (1, bytes),
+        };
+        match version {
+            1 => Ok(rmp_serde::from_slice(state)?),
+            found => Err(RestoreError::Newer { found, supported: STATE_VERSION }),
+        }
     }
 
     /// Read access for tests and the simulation.
@@ -518,4 +556,51 @@ fn check_id(id: &str, what: &str) -> Result<(), CoreError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::{Engine, RestoreError, SNAPSHOT_MAGIC, STATE_VERSION};
+    use crate::core::settings::Strategy;
+    use crate::core::testkit::Bed;
+
+    fn busy_engine() -> Engine {
+        let mut b = Bed::new();
+        b.agents(&["a", "b"]);
+        b.simple_number("+15550100", &["a", "b"], Strategy::RoundRobin);
+        b.connect("a");
+        b.inbound("c1", "+15550100");
+        b.inbound("c2", "+15550100");
+        b.engine
+    }
+
+    #[test]
+    fn a_snapshot_carries_its_state_version_and_restores_exactly() {
+        let e = busy_engine();
+        let bytes = e.snapshot().expect("encodes");
+        assert!(bytes.starts_with(SNAPSHOT_MAGIC));
+        assert_eq!(bytes[SNAPSHOT_MAGIC.len()], STATE_VERSION);
+        let back = Engine::restore(&bytes).expect("restores");
+        assert!(back.state_bytes() == e.state_bytes());
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_header_still_restores() {
+        let e = busy_engine();
+        let legacy = rmp_serde::to_vec_named(&e).expect("encodes");
+        let back = Engine::restore(&legacy).expect("restores as version 1");
+        assert!(back.state_bytes() == e.state_bytes());
+    }
+
+    #[test]
+    fn a_newer_or_cut_snapshot_is_refused_with_the_reason() {
+        let mut bytes = busy_engine().snapshot().expect("encodes");
+        bytes[SNAPSHOT_MAGIC.len()] = STATE_VERSION + 1;
+        let err = Engine::restore(&bytes).expect_err("refused");
+        assert!(matches!(err, RestoreError::Newer { found, .. } if found == STATE_VERSION + 1), "{err}");
+        assert!(err.to_string().contains("start the release that wrote it"), "{err}");
+        assert!(matches!(Engine::restore(SNAPSHOT_MAGIC), Err(RestoreError::Truncated)));
+        let cut = &busy_engine().snapshot().expect("encodes")[..SNAPSHOT_MAGIC.len() + 3];
+        assert!(matches!(Engine::restore(cut), Err(RestoreError::Decode(_))));
+    }
 }
