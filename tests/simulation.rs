@@ -27,6 +27,7 @@
 //! RINGLINE_SIM_SEED=<seed> RINGLINE_SIM_STEPS=<steps> cargo test --test simulation -- --nocapture
 //! ```
 
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringline::core::admin::{Actor, AdminCommand, NumberSpec};
@@ -711,10 +712,7 @@ impl World {
         // (assigned or not), in a random order.
         let targets = if self.rng.random_bool(0.3) {
             let mut t: Vec<UserId> = pool.iter().filter(|_| self.rng.random_bool(0.5)).cloned().collect();
-            for i in (1..t.len()).rev() {
-                let j = self.rng.random_range(0..=i);
-                t.swap(i, j);
-            }
+            t.shuffle(&mut self.rng);
             Some(t)
         } else {
             None
@@ -724,7 +722,6 @@ impl World {
             1 => Overflow::Hangup,
             _ => Overflow::Forward("+15550199".into()),
         };
-        let callback = self.rng.random_bool(0.7);
         let spec = NumberSpec {
             name: "changed".into(),
             assigned,
@@ -743,7 +740,7 @@ impl World {
                 announce_position: self.rng.random_bool(0.8),
                 announce_every: Duration::from_secs(self.rng.random_range(1..30)),
                 announce_min_gap: Duration::from_millis(self.rng.random_range(0..5_000)),
-                callback,
+                callback: self.rng.random_bool(0.7),
                 callback_attempts: self.rng.random_range(1..4),
                 callback_retry_after: Duration::from_secs(self.rng.random_range(1..20)),
                 overflow,
