@@ -41,8 +41,9 @@ async fn serve(gw: &mut Gateway, agent: &mut Client, call: &str, who: &str) {
     gw.acked(json!({"type": "call.ended", "call_id": call, "reason": "agent_hangup"})).await;
 }
 
-async fn journal_rows(srv: &TestServer) -> (i64, i64) {
-    let db = rusqlite::Connection::open(srv.data.path().join("ringline.db")).expect("db");
+/// Rows in the journal and snapshot tables of the data dir.
+fn journal_rows(data: &std::path::Path) -> (i64, i64) {
+    let db = rusqlite::Connection::open(data.join("ringline.db")).expect("db");
     let journal: i64 = db.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).expect("count");
     let snapshots: i64 = db.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).expect("count");
     (journal, snapshots)
@@ -71,11 +72,11 @@ async fn state_survives_a_restart(snapshot_every: u32) {
     tokio::time::sleep(Duration::from_millis(2200)).await; // wrap-ups over
     if snapshots {
         tokio::time::sleep(Duration::from_millis(1200)).await; // the snapshot loop runs every second
-        assert!(journal_rows(&srv).await.1 > 0, "a snapshot was written");
+        assert!(journal_rows(srv.data.path()).1 > 0, "a snapshot was written");
     }
     drop((a, gw));
     let srv = restart(srv).await;
-    let (journal, snapshot_rows) = journal_rows(&srv).await;
+    let (journal, snapshot_rows) = journal_rows(srv.data.path());
     if snapshots {
         assert!(journal < 20, "the journal was truncated behind the snapshot ({journal} rows)");
     } else {
@@ -163,15 +164,12 @@ async fn a_graceful_stop_leaves_a_snapshot_and_nothing_to_replay() {
     let mut gw = srv.gateway().await;
     let mut a = vec![srv.agent("a1").await, srv.agent("a2").await, srv.agent("a3").await];
     serve(&mut gw, &mut a[0], "rr1", "a1").await;
-    assert!(journal_rows(&srv).await.0 > 0, "the call was journaled");
-    assert_eq!(journal_rows(&srv).await.1, 0, "no periodic snapshot yet");
+    assert!(journal_rows(srv.data.path()).0 > 0, "the call was journaled");
+    assert_eq!(journal_rows(srv.data.path()).1, 0, "no periodic snapshot yet");
     drop((a, gw));
     let text = srv.config_text.clone();
     let data = srv.stop().await;
-    let db = rusqlite::Connection::open(data.path().join("ringline.db")).expect("db");
-    let journal: i64 = db.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).expect("count");
-    let snapshots: i64 = db.query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get(0)).expect("count");
-    drop(db);
+    let (journal, snapshots) = journal_rows(data.path());
     assert!(snapshots > 0, "the stop wrote a snapshot");
     assert_eq!(journal, 0, "the snapshot covers the whole journal");
     let srv = TestServer::start_in(&text, data).await;
