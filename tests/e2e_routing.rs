@@ -39,6 +39,11 @@ async fn agents(srv: &TestServer, names: &[&str]) -> Vec<Client> {
 /// Answers and ends a call the agent accepted.
 async fn finish(gw: &mut Gateway, call: &str, agent: &str) {
     gw.expect_for("call.bridge", call).await;
+    finish_bridged(gw, call, agent).await;
+}
+
+/// Answers and ends a call whose `call.bridge` the gateway already read.
+async fn finish_bridged(gw: &mut Gateway, call: &str, agent: &str) {
     gw.acked(json!({"type": "call.answered", "call_id": call, "agent": agent})).await;
     gw.acked(json!({"type": "call.ended", "call_id": call, "reason": "agent_hangup"})).await;
 }
@@ -178,6 +183,16 @@ async fn two_devices_of_one_user_both_ring_and_one_wins() {
     phone.expect("offer.lost").await;
     gw.expect_for("call.bridge", "c1").await;
     gw.c.expect_none("call.bridge", std::time::Duration::from_millis(300)).await;
+    finish_bridged(&mut gw, "c1", "a1").await;
+    // Going away on one device while rung stops the other one ringing.
+    gw.inbound("c2", N).await;
+    let o1 = phone.expect("offer").await;
+    desk.expect("offer").await;
+    desk.send(json!({"type": "status.set", "status": "away"})).await;
+    let revoked = phone.expect("offer.revoked").await;
+    assert_eq!((&revoked["offer_id"], &revoked["reason"]), (&o1["offer_id"], &json!("reassigned")));
+    assert_eq!(desk.expect("offer.revoked").await["offer_id"], o1["offer_id"]);
+    phone.expect_where("away", |m| m["type"] == "status" && m["status"] == "away").await;
     // One device leaving keeps the user online.
     drop(phone);
     desk.send(json!({"type": "ping", "ref": "still-here"})).await;

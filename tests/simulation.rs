@@ -628,12 +628,8 @@ impl World {
         let Some((a, u)) = self.pick(&self.users.clone()) else { return };
         let away = self.rng.random_bool(0.35);
         let status = if away { WantedStatus::Away } else { WantedStatus::Available };
-        let pending = if away { self.offers.remove(&(a.clone(), u.clone())) } else { None };
-        if self.agent_cmd(&a, &u, AgentCommand::StatusSet { status, reason: None }).is_err()
-            && let Some(p) = pending
-        {
-            self.restore_offer((a, u), p);
-        }
+        // Going away while rung revokes the offer (`observe` sees it end).
+        let _ = self.agent_cmd(&a, &u, AgentCommand::StatusSet { status, reason: None });
     }
 
     fn wrapup_done(&mut self) {
@@ -645,12 +641,8 @@ impl World {
         let Some((a, u)) = self.pick(&self.users.clone()) else { return };
         let from = self.numbers.iter().find(|(x, _)| *x == a).map(|(_, n)| n.clone());
         let Some(from) = from else { return };
-        let pending = self.offers.remove(&(a.clone(), u.clone()));
-        if self.agent_cmd(&a, &u, AgentCommand::CallDial { from, to: "+15557770000".into() }).is_err()
-            && let Some(p) = pending
-        {
-            self.restore_offer((a, u), p);
-        }
+        // Dialling out while rung revokes the offer (`observe` sees it end).
+        let _ = self.agent_cmd(&a, &u, AgentCommand::CallDial { from, to: "+15557770000".into() });
     }
 
     /// Duplicates, unknown ids, messages and voicemails: nothing here may
@@ -765,6 +757,9 @@ impl World {
         }
         if self.feed(Input::Admin { account: a, actor: Actor::System, cmd }).is_ok() {
             if lifecycle == Lifecycle::Deactivated {
+                // Also one made by a timer that fired first in this very
+                // input: its devices are closed, so it goes silently.
+                self.offers.remove(&key);
                 self.deactivated.insert(key.clone());
             } else {
                 self.deactivated.remove(&key);

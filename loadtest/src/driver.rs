@@ -1103,7 +1103,10 @@ impl Driver {
             "status" => {
                 let s = m.status.unwrap_or_default();
                 if (s == "away" || s == "offline") && self.agents[ai].pending.take().is_some() {
-                    // Going away withdraws a pending offer without a revoke.
+                    // The server revokes a pending offer before it reports
+                    // `away`; one still pending here was withdrawn without
+                    // a word (servers before 2026-12-03 did that), counted
+                    // so a report shows it.
                     self.count("offers_withdrawn");
                 }
                 self.agents[ai].status = s;
@@ -1238,7 +1241,7 @@ impl Driver {
         let serial = self.serial;
         self.agents[ai].pending = Some(Pending { offer_id, serial, accepted: false, target });
         if self.agents[ai].away_requested {
-            // Sent before the server saw our `away`: it will be withdrawn.
+            // Sent before the server saw our `away`: it will be revoked.
             return;
         }
         let roll: f64 = self.rng.random();

@@ -307,7 +307,7 @@ impl Account {
         if matches!(self.user(u).activity, Activity::OnCall(_)) {
             return Err(CoreError::conflict("you are already on a call"));
         }
-        self.end_pending_offer(u, OfferEnd::Withdrawn);
+        self.end_pending_offer(u, OfferEnd::Released);
         self.end_wrap_up(u);
         let call_id = self.new_call_id();
         let now = self.now;

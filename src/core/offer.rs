@@ -31,10 +31,16 @@ pub(crate) struct Offer {
 pub(crate) enum OfferEnd {
     Declined,
     Expired,
-    /// The user's last device went away (or it went away / dialled out):
-    /// the call moves on as if the offer had expired, but it does not count
-    /// as a miss.
+    /// The user's last device went away, or the user is being deactivated
+    /// (its devices are closed at once): the call moves on as if the offer
+    /// had expired, but it does not count as a miss. Nobody is left to tell.
     Withdrawn,
+    /// The user went away or dialled out while rung: as `Withdrawn`, and
+    /// the user's devices hear `offer.revoked` (`reassigned`). Its other
+    /// devices are still ringing, and the device that sent the command may
+    /// not know this offer: a timer due at the same instant can ring the
+    /// user for another call just before the command is handled.
+    Released,
     Revoked(RevokeReason),
 }
 
@@ -104,7 +110,9 @@ impl Account {
         let mut auto_away = None;
         if let Some(e) = self.entries.get_mut(&o.entry) {
             e.offers.retain(|&x| x != id);
-            if matches!(why, OfferEnd::Declined | OfferEnd::Expired | OfferEnd::Withdrawn) && !e.tried.contains(&u) {
+            if matches!(why, OfferEnd::Declined | OfferEnd::Expired | OfferEnd::Withdrawn | OfferEnd::Released)
+                && !e.tried.contains(&u)
+            {
                 e.tried.push(u);
             }
             let n = e.number;
@@ -117,6 +125,7 @@ impl Account {
         }
         let (lost, revoke) = match why {
             OfferEnd::Declined | OfferEnd::Withdrawn => (LostReason::TooLate, None),
+            OfferEnd::Released => (LostReason::TooLate, Some(RevokeReason::Reassigned)),
             OfferEnd::Expired => (LostReason::TooLate, Some(RevokeReason::Expired)),
             OfferEnd::Revoked(RevokeReason::AnsweredElsewhere) => {
                 (LostReason::AnsweredElsewhere, Some(RevokeReason::AnsweredElsewhere))
@@ -379,6 +388,31 @@ mod tests {
         assert_eq!(b.conn_msgs(c).len(), 1, "hello only");
         assert_eq!(b.status_of("a"), Status::Available);
         b.check();
+    }
+
+    /// Going away or dialling out while rung turns the offer down, and the
+    /// user hears it (a user's messages reach every device: the other one
+    /// must stop ringing).
+    #[test]
+    fn away_or_dialling_out_while_ringing_revokes_the_offer() {
+        use crate::protocol::agent::WantedStatus;
+        let away = AgentCommand::StatusSet { status: WantedStatus::Away, reason: None };
+        let dial = AgentCommand::CallDial { from: N.into(), to: "+15557770000".into() };
+        for cmd in [away, dial] {
+            let mut b = bed(Strategy::RingInOrder, &["a", "b"], 1);
+            b.inbound("c1", N);
+            let o = b.offer_to("a");
+            b.take();
+            assert!(b.agent("a", cmd.clone()).result.is_ok());
+            let msgs = b.user_msgs("a");
+            let revoked = AgentMessage::OfferRevoked { offer_id: o, reason: RevokeReason::Reassigned };
+            assert_eq!(msgs.first(), Some(&revoked), "{cmd:?}: {msgs:?}");
+            assert_eq!(b.offered_users(), ["b"], "{cmd:?}: the call moves on at once");
+            b.take();
+            b.accept("a", o);
+            assert!(matches!(b.user_msgs("a")[..], [AgentMessage::OfferLost { reason: LostReason::TooLate, .. }]));
+            b.check();
+        }
     }
 
     #[test]

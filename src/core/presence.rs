@@ -103,7 +103,7 @@ impl Account {
             WantedStatus::Available => self.set_wants(u, Wants::Available),
             WantedStatus::Away => {
                 // Going away while rung turns the offer down; it moves on.
-                self.end_pending_offer(u, OfferEnd::Withdrawn);
+                self.end_pending_offer(u, OfferEnd::Released);
                 self.set_wants(u, Wants::Away(reason));
             }
         }
