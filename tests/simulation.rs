@@ -5,7 +5,8 @@
 //! failures, disconnects, presence changes, callback requests and results,
 //! outbound calls, duplicate and bogus events, and admin changes (a
 //! number's strategy, targets, ring timeout, wrap-up, auto-away, queue
-//! limits, announcements, callbacks and overflow, all random). After every
+//! limits, announcements, callbacks and overflow, all random). Each seed
+//! also draws how often each of these happens (`Mix`). After every
 //! step it checks the engine's internal invariants (including work
 //! conservation and queue order at decision time) and what an outside
 //! observer can see:
@@ -27,7 +28,7 @@
 //! RINGLINE_SIM_SEED=<seed> RINGLINE_SIM_STEPS=<steps> cargo test --test simulation -- --nocapture
 //! ```
 
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringline::core::admin::{Actor, AdminCommand, NumberSpec};
@@ -48,6 +49,57 @@ const ACME: &str = "acme";
 type NumberPlan<'a> = (&'a str, &'a str, Strategy, &'a [&'a str], Option<&'a [&'a str]>, bool);
 const GLOBEX: &str = "globex";
 
+/// What a step may do, and its weight in the base mix (per 1,000 steps).
+type Action = fn(&mut World);
+const ACTIONS: [(u32, Action); 19] = [
+    (100, World::arrival),
+    (120, World::accept),
+    (40, World::decline),
+    (220, World::tick),
+    (110, World::gateway_answers),
+    (10, World::bridge_fails),
+    (70, World::end_talking),
+    (30, World::caller_hangs_up),
+    (25, World::request_callback),
+    (55, World::callback_result),
+    (50, World::connect),
+    (40, World::disconnect),
+    (50, World::presence),
+    (15, World::wrapup_done),
+    (15, World::outbound),
+    (40, World::noise),
+    (3, World::admin_change),
+    (3, World::lifecycle_change),
+    (4, World::subscribe),
+];
+
+/// This world's weights: the base mix for one seed in four, otherwise
+/// each action's weight scaled by a random factor, so seeds also explore
+/// worlds of long queues, churning presence, storms of admin changes or
+/// time standing almost still.
+#[derive(Debug)]
+struct Mix {
+    cumulative: Vec<u32>,
+    total: u32,
+}
+
+impl Mix {
+    fn draw(rng: &mut ChaCha8Rng) -> Mix {
+        let skewed = !rng.random_bool(0.25);
+        let mut total = 0;
+        let cumulative = ACTIONS
+            .iter()
+            .map(|&(w, _)| {
+                let factor = if skewed { *[0.1, 0.5, 1.0, 2.0, 8.0].choose(rng).unwrap_or(&1.0) } else { 1.0 };
+                // At least 1, so every action can still happen.
+                total += ((f64::from(w) * factor).round() as u32).max(1);
+                total
+            })
+            .collect();
+        Mix { cumulative, total }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum CallState {
     /// The caller is holding (waiting or rung).
@@ -66,6 +118,7 @@ struct SimCall {
 struct World {
     seed: u64,
     rng: ChaCha8Rng,
+    mix: Mix,
     engine: Engine,
     now: Instant,
     step: u64,
@@ -103,9 +156,12 @@ fn acc(s: &str) -> AccountId {
 
 impl World {
     fn new(seed: u64) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mix = Mix::draw(&mut rng);
         let mut w = World {
             seed,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
+            mix,
             engine: Engine::new(),
             now: T0,
             step: 0,
@@ -427,29 +483,9 @@ impl World {
     }
 
     fn step_once(&mut self) {
-        let r = self.rng.random_range(0..1000u32);
-        match r {
-            0..100 => self.arrival(),
-            100..220 => self.accept(),
-            220..260 => self.decline(),
-            260..380 => self.tick(),
-            380..490 => self.gateway_answers(),
-            490..500 => self.bridge_fails(),
-            500..570 => self.end_talking(),
-            570..600 => self.caller_hangs_up(),
-            600..625 => self.request_callback(),
-            625..680 => self.callback_result(),
-            680..730 => self.connect(),
-            730..770 => self.disconnect(),
-            770..820 => self.presence(),
-            820..835 => self.wrapup_done(),
-            835..850 => self.outbound(),
-            850..890 => self.noise(),
-            890..893 => self.admin_change(),
-            893..896 => self.lifecycle_change(),
-            896..900 => self.subscribe(),
-            _ => self.tick(),
-        }
+        let r = self.rng.random_range(0..self.mix.total);
+        let at = self.mix.cumulative.partition_point(|&c| c <= r);
+        (ACTIONS[at].1)(self);
     }
 
     fn arrival(&mut self) {
