@@ -16,6 +16,8 @@
 //! - no call or callback with two outcomes, and, once the world drains,
 //!   every one with exactly one;
 //! - `longest_idle` offers go to the longest idle eligible target;
+//! - a connected user's softphones show the status the engine holds;
+//! - no offer or gateway command names another account's call;
 //! - replaying the journal (and restoring a mid-run snapshot then replaying
 //!   the rest) reproduces the state exactly.
 //!
@@ -38,7 +40,7 @@ use ringline::core::settings::{Overflow, QueueSettings, RoutingSettings, Strateg
 use ringline::core::team::{Lifecycle, Plan, Role};
 use ringline::core::testkit::T0;
 use ringline::core::{Engine, Input, Instant, Output, Reply};
-use ringline::protocol::agent::{AgentCommand, AgentMessage, Topic, WantedStatus};
+use ringline::protocol::agent::{AgentCommand, AgentMessage, Status, Topic, WantedStatus};
 use ringline::protocol::gateway::{DialOutcome, EndReason, GatewayCommand, GatewayEvent};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -133,6 +135,9 @@ struct World {
     /// Offers the last input revoked or won (even if it was refused: timers
     /// due at its instant fire first).
     ended_now: BTreeSet<(AccountId, UserId, OfferId)>,
+    /// The status each user's softphones show: the last `status` (or the
+    /// `hello`) they were sent.
+    shown: BTreeMap<(AccountId, UserId), Status>,
     /// Which call each agent is on, per the commands the gateway got.
     busy: BTreeMap<(AccountId, UserId), String>,
     conns: BTreeMap<(AccountId, UserId), Vec<ConnId>>,
@@ -171,6 +176,7 @@ impl World {
             dialling: BTreeMap::new(),
             offers: BTreeMap::new(),
             ended_now: BTreeSet::new(),
+            shown: BTreeMap::new(),
             busy: BTreeMap::new(),
             conns: BTreeMap::new(),
             users: Vec::new(),
@@ -341,8 +347,16 @@ impl World {
                         let id =
                             call_id.as_ref().map(|c| c.to_string()).or(callback_id.as_ref().map(|c| c.to_string()));
                         let id = id.unwrap_or_default();
+                        if let Some(c) = self.calls.get(&id)
+                            && c.account != *account
+                        {
+                            self.fail(format!("{user} of {account} offered {}'s call {id}", c.account));
+                        }
                         offered_now.push((account.clone(), user.clone(), id.clone()));
                         self.offers.insert(key, (*offer_id, id));
+                    }
+                    AgentMessage::Status { status, .. } => {
+                        self.shown.insert((account.clone(), user.clone()), *status);
                     }
                     AgentMessage::OfferRevoked { offer_id, .. } | AgentMessage::OfferWon { offer_id, .. } => {
                         self.ended_now.insert((account.clone(), user.clone(), *offer_id));
@@ -353,6 +367,9 @@ impl World {
                     }
                     _ => {}
                 },
+                Output::Conn { msg: AgentMessage::Hello { user, account, status, .. }, .. } => {
+                    self.shown.insert((account.clone(), user.clone()), *status);
+                }
                 Output::Gateway { account, cmd } => self.gateway_command(account, cmd),
                 Output::Record { record: Record::Call(rec), .. } => {
                     let n = self.outcomes.entry(rec.id.clone()).or_default();
@@ -370,9 +387,30 @@ impl World {
             }
         }
         self.check_longest_idle(&offered_now, &idle_before);
+        self.check_shown_status();
+    }
+
+    /// A connected user's softphones show the status the engine holds:
+    /// every change reaches them.
+    fn check_shown_status(&self) {
+        for (key, conns) in &self.conns {
+            if conns.is_empty() {
+                continue;
+            }
+            let actual = self.engine.user_status(&key.0, &key.1);
+            if actual != self.shown.get(key).copied() {
+                self.fail(format!("{} shows {:?}, the engine has {actual:?}", key.1, self.shown.get(key)));
+            }
+        }
     }
 
     fn gateway_command(&mut self, account: &AccountId, cmd: &GatewayCommand) {
+        if let Some(id) = cmd.call_id()
+            && let Some(c) = self.calls.get(id.as_str())
+            && c.account != *account
+        {
+            self.fail(format!("{account} told about {}'s call {id}: {cmd:?}", c.account));
+        }
         match cmd {
             GatewayCommand::CallBridge { call_id, agent } => {
                 let id = call_id.to_string();
