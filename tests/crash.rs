@@ -284,3 +284,36 @@ async fn sigterm_closes_clients_flushes_and_exits_zero() {
     assert_eq!(a1.expect("offer").await["call_id"], "c1");
     again.kill();
 }
+
+/// A call rung at the crash, whose ring timeout passes while the server is
+/// down: at start nobody is rung for it (no agent is connected yet, though
+/// the recovered state still lists their old connections), and the gateway
+/// hears no `call.ringing` until an agent is back and really rung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_rings_nobody_whose_connection_is_gone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg_path = dir.path().join("ringline.toml");
+    std::fs::write(&cfg_path, crash_config()).expect("config");
+    let data = dir.path().join("data");
+    let first = Server::start(&cfg_path, &data);
+    let mut a1 = Client::connect(first.addr, "/v1/agent", "a1-token", "json").await.expect("agent");
+    a1.expect("hello").await;
+    let mut a2 = Client::connect(first.addr, "/v1/agent", "a2-token", "json").await.expect("agent");
+    a2.expect("hello").await;
+    let mut gw = connect_gateway(first.addr).await;
+    gw.acked(json!({"type": "call.inbound", "call_id": "c1", "to": N, "from": "+15551230001"})).await;
+    assert_eq!(a1.expect("offer").await["call_id"], "c1");
+    first.kill();
+    // Longer than the 2 s ring timeout: it comes due while the server is down.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let second = Server::start(&cfg_path, &data);
+    let mut gw = connect_gateway(second.addr).await;
+    gw.c.expect_none("call.ringing", Duration::from_millis(700)).await;
+    let mut a2 = Client::connect(second.addr, "/v1/agent", "a2-token", "json").await.expect("agent");
+    a2.expect("hello").await;
+    assert_eq!(a2.expect("offer").await["call_id"], "c1");
+    let ringing = gw.expect_for("call.ringing", "c1").await;
+    assert_eq!(ringing["agents"], json!(["a2"]));
+    second.kill();
+}

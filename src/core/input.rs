@@ -19,6 +19,15 @@ pub enum Input {
     Connect { account: AccountId, user: UserId, conn: ConnId },
     /// A softphone connection closed, for whatever reason.
     Disconnect { account: AccountId, conn: ConnId },
+    /// The server started again: none of the account's connections
+    /// survived. Every user goes offline at once (pending offers end
+    /// silently, as with a last device leaving), before any call is routed
+    /// again, so nobody whose connection is gone too is rung in between.
+    /// Unlike every other input it fires no timers: the shell sends one per
+    /// account before anything else, and the timers that fell due while
+    /// the server was down fire at the next input, once no account has a
+    /// stale connection left.
+    Restarted { account: AccountId },
     /// A command from a softphone connection.
     Agent { account: AccountId, conn: ConnId, ref_: Option<Ref>, cmd: AgentCommand },
     /// A team or number change from the admin API or config provisioning.
@@ -31,6 +40,7 @@ impl Input {
             Input::Gateway { account, .. }
             | Input::Connect { account, .. }
             | Input::Disconnect { account, .. }
+            | Input::Restarted { account }
             | Input::Agent { account, .. }
             | Input::Admin { account, .. } => Some(account),
             Input::Tick => None,

@@ -180,7 +180,7 @@ impl Engine {
     pub fn handle(&mut self, now: Instant, input: Input) -> Handled {
         let now = now.max(self.now);
         self.now = now;
-        let fired = self.fire_timers(now);
+        let fired = !matches!(input, Input::Restarted { .. }) && self.fire_timers(now);
         let result = match input {
             Input::Tick => Ok(Reply::ReadOnly),
             Input::Admin { account, actor, cmd: AdminCommand::SetPlan { plan } } if !self.has_account(&account) => {
@@ -421,6 +421,7 @@ impl Account {
             Input::Gateway { event, .. } => self.gateway(event),
             Input::Connect { user, conn, .. } => self.connect(&user, conn),
             Input::Disconnect { conn, .. } => self.disconnect(conn),
+            Input::Restarted { .. } => self.restarted(),
             Input::Agent { conn, ref_, cmd, .. } => self.agent(conn, ref_, cmd),
             Input::Admin { actor, cmd, .. } => self.admin(actor, cmd),
             Input::Tick => Ok(Reply::ReadOnly),

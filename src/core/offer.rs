@@ -415,6 +415,44 @@ mod tests {
         }
     }
 
+    /// After a restart no connection is left, and nobody is rung for a
+    /// call on the way: not by the withdrawal of another user's offer, not
+    /// by a ring timeout that fell due while the server was down.
+    #[test]
+    fn a_restart_takes_everyone_offline_before_anyone_is_rung() {
+        use crate::core::Input;
+        let mut b = bed(Strategy::RingInOrder, &["a", "b"], 1);
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        let oa = b.offer_to("a");
+        let ob = b.offer_to("b");
+        b.take();
+        // Down for longer than the ring timeout: both offers are due.
+        b.now = b.now + Duration::from_secs(60);
+        let h = b.input(Input::Restarted { account: "acme".into() });
+        assert!(h.journal && h.result.is_ok(), "{h:?}");
+        assert!(b.offered_users().is_empty(), "rung during the restart: {:#?}", b.out);
+        assert!(b.engine.open_connections().is_empty());
+        assert_eq!((b.status_of("a"), b.status_of("b")), (Status::Offline, Status::Offline));
+        let again = b.input(Input::Restarted { account: "acme".into() });
+        assert!(!again.journal && again.result.is_ok(), "nothing left to drop: {again:?}");
+        b.take();
+        b.input(Input::Tick);
+        assert!(b.offered_users().is_empty(), "nobody connected");
+        // The withdrawals were not misses (auto-away after one miss did not
+        // fire), and the calls waited. A withdrawal still counts as the
+        // user's turn on that call this cycle: `a` gets `c2`.
+        b.conns.clear();
+        b.connect("a");
+        assert_eq!(b.offers_to("a").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c2"]);
+        b.take();
+        b.accept("a", oa);
+        b.accept("b", ob);
+        assert!(b.user_msgs("a").iter().all(|m| !matches!(m, AgentMessage::OfferWon { .. })));
+        assert_eq!(b.status_of("a"), Status::Ringing);
+        b.check();
+    }
+
     #[test]
     fn one_of_two_devices_leaving_keeps_the_offer() {
         let mut b = bed(Strategy::RingAll, &["a"], 0);

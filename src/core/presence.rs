@@ -90,6 +90,22 @@ impl Account {
         Ok(Reply::Done)
     }
 
+    /// No connection survived a restart. Routing runs only when the input
+    /// is settled, after every user is offline.
+    pub(crate) fn restarted(&mut self) -> Result<Reply, CoreError> {
+        let mut conns: Vec<ConnId> = self.conn_user.keys().copied().collect();
+        if conns.is_empty() {
+            return Ok(Reply::ReadOnly);
+        }
+        // In id order: the map's order may differ between a live state and
+        // one restored from a snapshot, and replay must decide the same.
+        conns.sort_unstable();
+        for conn in conns {
+            self.disconnect(conn)?;
+        }
+        Ok(Reply::Done)
+    }
+
     pub(crate) fn status_set(
         &mut self,
         u: UserIx,

@@ -354,7 +354,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
     for (i, engine) in engines.into_iter().enumerate() {
-        let (h, t) = shard::spawn(i, engine, last_seq, app.clone());
+        let (h, t) = shard::spawn_restarted(i, engine, last_seq, app.clone());
         handles.push(h);
         tasks.push(t);
     }
@@ -365,12 +365,6 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         let Some(account) = input.account().cloned() else { continue };
         let Some(shard) = app.shard_for(&account) else { continue };
         shard.call(&app, input).await.map_err(|e| StartError::Provisioning(format!("account {account}: {e}")))?;
-    }
-    // No connection survives a restart.
-    for (account, conn) in stale {
-        if let Some(shard) = app.shard_for(&account) {
-            let _ = shard.call(&app, Input::Disconnect { account, conn }).await;
-        }
     }
     // Bridges and dials the gateway may never have received: sent again
     // when a gateway connects.

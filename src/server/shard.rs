@@ -107,9 +107,35 @@ impl ShardHandle {
 }
 
 pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (ShardHandle, tokio::task::JoinHandle<()>) {
+    start(index, engine, last_seq, app, Vec::new())
+}
+
+/// Starts a shard on a recovered engine. Before anything else, even a
+/// timer that fell due while the server was down, its task tells every
+/// account that still has connections that none survived
+/// ([`Input::Restarted`]), so no call is offered to a user whose
+/// connection is gone.
+pub fn spawn_restarted(
+    index: usize,
+    engine: Engine,
+    last_seq: u64,
+    app: Arc<App>,
+) -> (ShardHandle, tokio::task::JoinHandle<()>) {
+    let mut stale: Vec<AccountId> = engine.open_connections().into_iter().map(|(account, _)| account).collect();
+    stale.dedup();
+    start(index, engine, last_seq, app, stale)
+}
+
+fn start(
+    index: usize,
+    engine: Engine,
+    last_seq: u64,
+    app: Arc<App>,
+    restarted: Vec<AccountId>,
+) -> (ShardHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shard = Shard { index, engine, last_seq, app, rx, records: Vec::new(), gauges: FxHashMap::default() };
-    let task = tokio::spawn(shard.run());
+    let task = tokio::spawn(shard.run(restarted));
     (ShardHandle { index, tx }, task)
 }
 
@@ -139,7 +165,10 @@ struct Shard {
 }
 
 impl Shard {
-    async fn run(mut self) {
+    async fn run(mut self, restarted: Vec<AccountId>) {
+        for account in restarted {
+            self.process(Input::Restarted { account }, Origin::None, crate::clock::Clock::tokio_now()).await;
+        }
         let mut gauges = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let deadline = self.engine.next_deadline().map(|t| self.app.clock.deadline(t));
