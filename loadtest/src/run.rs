@@ -387,6 +387,9 @@ pub async fn run(settings: RunSettings, topo: Topology) -> anyhow::Result<RunRep
         let window = t_arrivals.duration_since(t0).as_secs_f64().max(1e-9);
         let server_usage = h.server.as_ref().map(|s| s.usage(t0, t_arrivals));
         let harness_usage = h.me.usage(t0, t_arrivals);
+        // The server records a message's latency just after its write
+        // returns, which can be after we read it: let the last ones land.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let metrics_after = crate::metrics::scrape(target).await;
         let server_latency = |name: &str| match (&metrics_before, &metrics_after) {
             (Some(b), Some(a)) => {

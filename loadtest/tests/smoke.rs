@@ -41,7 +41,9 @@ fn behaviour(encoding: Encoding) -> Behaviour {
         decline_prob: 0.1,
         no_answer_prob: 0.05,
         callback_prob: 0.5,
-        callback_after_mean: Duration::from_millis(200),
+        // Queued callers here wait ~40 ms (p50) before an agent frees up:
+        // they must ask sooner for the callback flow to show in every run.
+        callback_after_mean: Duration::from_millis(20),
         callback_fail_prob: 0.2,
         bridge_fail_prob: 0.05,
         away_prob: 0.1,
@@ -113,7 +115,9 @@ async fn a_short_mixed_load_keeps_every_invariant() {
         duration: Duration::from_secs(4),
         warmup: Duration::ZERO,
         drain: Duration::from_secs(20),
-        behaviour: behaviour(Encoding::Json),
+        // Agents busy ~90% of the time, so every run queues callers (and
+        // some of them ask for callbacks).
+        behaviour: Behaviour { talk_mean: Duration::from_millis(1200), ..behaviour(Encoding::Json) },
         baseline_rate: Some(20.0),
         ..RunSettings::default()
     };
