@@ -354,7 +354,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
     for (i, engine) in engines.into_iter().enumerate() {
-        let (h, t) = shard::spawn_restarted(i, engine, last_seq, app.clone());
+        let (h, t) = shard::spawn(i, engine, last_seq, app.clone());
         handles.push(h);
         tasks.push(t);
     }

@@ -106,33 +106,14 @@ impl ShardHandle {
     }
 }
 
+/// Starts a shard on its engine. On a recovered engine, before anything
+/// else (even a timer that fell due while the server was down), its task
+/// tells every account that still lists connections that none survived
+/// ([`Input::Restarted`]), so no call is offered to a user whose connection
+/// is gone.
 pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (ShardHandle, tokio::task::JoinHandle<()>) {
-    start(index, engine, last_seq, app, Vec::new())
-}
-
-/// Starts a shard on a recovered engine. Before anything else, even a
-/// timer that fell due while the server was down, its task tells every
-/// account that still has connections that none survived
-/// ([`Input::Restarted`]), so no call is offered to a user whose
-/// connection is gone.
-pub fn spawn_restarted(
-    index: usize,
-    engine: Engine,
-    last_seq: u64,
-    app: Arc<App>,
-) -> (ShardHandle, tokio::task::JoinHandle<()>) {
-    let mut stale: Vec<AccountId> = engine.open_connections().into_iter().map(|(account, _)| account).collect();
-    stale.dedup();
-    start(index, engine, last_seq, app, stale)
-}
-
-fn start(
-    index: usize,
-    engine: Engine,
-    last_seq: u64,
-    app: Arc<App>,
-    restarted: Vec<AccountId>,
-) -> (ShardHandle, tokio::task::JoinHandle<()>) {
+    let mut restarted: Vec<AccountId> = engine.open_connections().into_iter().map(|(account, _)| account).collect();
+    restarted.dedup();
     let (tx, rx) = mpsc::unbounded_channel();
     let shard = Shard { index, engine, last_seq, app, rx, records: Vec::new(), gauges: FxHashMap::default() };
     let task = tokio::spawn(shard.run(restarted));
