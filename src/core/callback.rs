@@ -57,7 +57,10 @@ impl Account {
                 EntryKind::Callback { callback_id: callback_id.clone(), origin: call_id.clone(), phone, attempts: 0 };
             e.tried.clear();
             e.announced = None;
-            (e.key(), e.from.clone(), e.rung.clone(), e.priority, e.arrived_at)
+            // Who was rung for the call goes in the call's record; the
+            // callback's record lists who is offered the callback (and its
+            // visibility follows them, not the call's).
+            (e.key(), e.from.clone(), std::mem::take(&mut e.rung), e.priority, e.arrived_at)
         };
         self.entry_by_call.remove(&call_id);
         self.entry_by_callback.insert(callback_id.clone(), seq);
@@ -183,6 +186,7 @@ impl Account {
 #[cfg(test)]
 mod tests {
     use crate::core::Reply;
+    use crate::core::admin::{AdminCommand, NumberSpec};
     use crate::core::history::{CallKind, Outcome};
     use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
     use crate::core::testkit::Bed;
@@ -274,6 +278,50 @@ mod tests {
             }
         }
         assert_eq!(served, ["first", cb.as_str(), "third"]);
+        b.check();
+    }
+
+    /// Each record lists the users rung for it: the call's, the users
+    /// rung while the caller held; the callback's, those offered the
+    /// callback.
+    #[test]
+    fn the_call_and_its_callback_each_record_their_own_rung_users() {
+        let mut b = bed();
+        b.agents(&["z"]);
+        let spec = NumberSpec {
+            name: "Line".into(),
+            assigned: vec!["a".into(), "z".into()],
+            caller_id: vec![],
+            routing: RoutingSettings { strategy: Strategy::RingInOrder, ..Default::default() },
+            queue: QueueSettings { callback: true, callback_attempts: 2, ..Default::default() },
+        };
+        assert!(b.admin(AdminCommand::UpsertNumber { number: N.into(), spec }).result.is_ok());
+        b.connect("z");
+        b.inbound("c1", N);
+        b.offer_to("z");
+        let away = crate::protocol::agent::AgentCommand::StatusSet {
+            status: crate::protocol::agent::WantedStatus::Away,
+            reason: None,
+        };
+        assert!(b.agent("z", away).result.is_ok());
+        let cb = request(&mut b, "c1");
+        assert_eq!(b.call_record("c1").unwrap().rung, ["z"]);
+        b.connect("a");
+        let (oa, id) = b.offers_to("a").last().cloned().unwrap();
+        assert_eq!(id, cb);
+        b.take();
+        b.accept("a", oa);
+        let dial = b
+            .gateway_cmds()
+            .into_iter()
+            .find_map(|c| match c {
+                GatewayCommand::CallbackDial { call_id, .. } => Some(call_id),
+                _ => None,
+            })
+            .unwrap();
+        b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::Connected });
+        b.ended(dial.as_str(), EndReason::AgentHangup);
+        assert_eq!(b.call_record(&cb).unwrap().rung, ["a"], "z was rung for the call, not the callback");
         b.check();
     }
 
