@@ -151,6 +151,8 @@ struct World {
     /// Offers the last input revoked or won (even if it was refused: timers
     /// due at its instant fire first).
     ended_now: BTreeSet<(AccountId, UserId, OfferId)>,
+    /// Who was offered each call or callback, by id.
+    rung: BTreeMap<String, BTreeSet<UserId>>,
     /// The status each user's softphones show: the last `status` (or the
     /// `hello`) they were sent.
     shown: BTreeMap<(AccountId, UserId), Status>,
@@ -199,6 +201,7 @@ impl World {
             offers: BTreeMap::new(),
             ended_now: BTreeSet::new(),
             shown: BTreeMap::new(),
+            rung: BTreeMap::new(),
             busy: BTreeMap::new(),
             conns: BTreeMap::new(),
             users: Vec::new(),
@@ -376,6 +379,7 @@ impl World {
                             self.fail(format!("{user} of {account} offered {}'s call {id}", c.account));
                         }
                         offered_now.push((account.clone(), user.clone(), id.clone()));
+                        self.rung.entry(id.clone()).or_default().insert(user.clone());
                         self.offers.insert(key, (*offer_id, id));
                     }
                     AgentMessage::Status { status, .. } => {
@@ -399,6 +403,11 @@ impl World {
                     *n += 1;
                     if *n > 1 {
                         self.fail(format!("{} has two outcomes, the second {:?}", rec.id, rec.outcome));
+                    }
+                    let recorded: BTreeSet<UserId> = rec.rung.iter().cloned().collect();
+                    let seen = self.rung.remove(rec.id.as_str()).unwrap_or_default();
+                    if recorded != seen {
+                        self.fail(format!("{} records {recorded:?} rung, the users were offered {seen:?}", rec.id));
                     }
                 }
                 Output::Close { conn, .. } => {
