@@ -18,6 +18,7 @@
 //! - `longest_idle` offers go to the longest idle eligible target;
 //! - a connected user's softphones show the status the engine holds;
 //! - no offer or gateway command names another account's call;
+//! - each call or callback record lists as rung exactly who was offered it;
 //! - replaying the journal (and restoring a mid-run snapshot then replaying
 //!   the rest) reproduces the state exactly.
 //!
