@@ -19,6 +19,8 @@
 //! - a connected user's softphones show the status the engine holds;
 //! - no offer or gateway command names another account's call;
 //! - each call or callback record lists as rung exactly who was offered it;
+//! - an inbound call's record says it was answered, and by whom, exactly
+//!   when the gateway had reported it answered;
 //! - replaying the journal (and restoring a mid-run snapshot then replaying
 //!   the rest) reproduces the state exactly.
 //!
@@ -39,7 +41,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringline::core::admin::{Actor, AdminCommand, NumberSpec};
-use ringline::core::history::Record;
+use ringline::core::history::{CallKind, Outcome, Record};
 use ringline::core::ids::{AccountId, ConnId, NumberId, OfferId, UserId};
 use ringline::core::settings::{Overflow, QueueSettings, RoutingSettings, Strategy};
 use ringline::core::team::{Lifecycle, Plan, Role};
@@ -152,6 +154,8 @@ struct World {
     /// Offers the last input revoked or won (even if it was refused: timers
     /// due at its instant fire first).
     ended_now: BTreeSet<(AccountId, UserId, OfferId)>,
+    /// The call the gateway is ending in this input, and how it stood.
+    ending: Option<(String, CallState)>,
     /// Who was offered each call or callback, by id.
     rung: BTreeMap<String, BTreeSet<UserId>>,
     /// The status each user's softphones show: the last `status` (or the
@@ -203,6 +207,7 @@ impl World {
             ended_now: BTreeSet::new(),
             shown: BTreeMap::new(),
             rung: BTreeMap::new(),
+            ending: None,
             busy: BTreeMap::new(),
             conns: BTreeMap::new(),
             users: Vec::new(),
@@ -404,6 +409,23 @@ impl World {
                     *n += 1;
                     if *n > 1 {
                         self.fail(format!("{} has two outcomes, the second {:?}", rec.id, rec.outcome));
+                    }
+                    if let Some((id, state)) = &self.ending
+                        && *id == rec.id
+                        && rec.kind == CallKind::Inbound
+                    {
+                        let answered = match state {
+                            CallState::Talking(a) => Some(a),
+                            _ => None,
+                        };
+                        if rec.answered_by.as_ref() != answered
+                            || (rec.outcome == Outcome::Answered) != answered.is_some()
+                        {
+                            self.fail(format!(
+                                "{id} ended while {state:?}, recorded {:?} by {:?}",
+                                rec.outcome, rec.answered_by
+                            ));
+                        }
                     }
                     let recorded: BTreeSet<UserId> = rec.rung.iter().cloned().collect();
                     let seen = self.rung.remove(rec.id.as_str()).unwrap_or_default();
@@ -649,7 +671,9 @@ impl World {
         if let CallState::Bridging(a) | CallState::Talking(a) = &c.state {
             self.busy.remove(&(c.account.clone(), a.clone()));
         }
+        self.ending = Some((id.to_string(), c.state.clone()));
         let _ = self.gw(&c.account, GatewayEvent::CallEnded { call_id: id.into(), reason });
+        self.ending = None;
     }
 
     fn end_talking(&mut self) {
@@ -1001,11 +1025,16 @@ impl World {
             }
             let rest = self.calls_in(|s| !matches!(s, CallState::Holding));
             for (id, c) in rest {
-                if let CallState::Bridging(agent) = &c.state {
-                    let _ = self.gw(
-                        &c.account,
-                        GatewayEvent::CallAnswered { call_id: id.as_str().into(), agent: agent.clone() },
-                    );
+                if let CallState::Bridging(agent) = &c.state
+                    && self
+                        .gw(
+                            &c.account,
+                            GatewayEvent::CallAnswered { call_id: id.as_str().into(), agent: agent.clone() },
+                        )
+                        .is_ok()
+                    && let Some(call) = self.calls.get_mut(&id)
+                {
+                    call.state = CallState::Talking(agent.clone());
                 }
                 self.end_call(&id, EndReason::AgentHangup);
             }
