@@ -125,6 +125,23 @@ fn expected() -> BTreeMap<String, &'static str> {
     want
 }
 
+/// A temporary dir with the crash config written in it, and where the
+/// data dir goes.
+fn fresh_dir() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg_path = dir.path().join("ringline.toml");
+    std::fs::write(&cfg_path, crash_config()).expect("config");
+    let data = dir.path().join("data");
+    (dir, cfg_path, data)
+}
+
+/// A softphone of `user`, past its `hello`.
+async fn agent(addr: SocketAddr, user: &str) -> Client {
+    let mut c = Client::connect(addr, "/v1/agent", &format!("{user}-token"), "json").await.expect("agent");
+    c.expect("hello").await;
+    c
+}
+
 async fn connect_gateway(addr: SocketAddr) -> Gateway {
     Gateway { c: Client::connect(addr, "/v1/gateway", "gw-secret", "json").await.expect("gateway"), seq: 0 }
 }
@@ -150,8 +167,7 @@ async fn stream_until(addr: SocketAddr, events: &[Value], kill_after: usize) -> 
 /// Serves everything that is waiting: the agent takes each offer, the
 /// gateway connects, answers and ends each call (callbacks connect).
 async fn drain(addr: SocketAddr, gw: &mut Gateway, open: usize) {
-    let mut a1 = Client::connect(addr, "/v1/agent", "a1-token", "json").await.expect("agent");
-    a1.expect("hello").await;
+    let mut a1 = agent(addr, "a1").await;
     for _ in 0..open {
         let offer = a1.accept_next().await;
         if offer["kind"] == "callback" {
@@ -179,14 +195,10 @@ async fn history(addr: SocketAddr) -> Vec<Value> {
 async fn sigkill_at_any_point_loses_nothing_acknowledged() {
     let events = script();
     for kill_after in [0, 1, 5, 9, events.len()] {
-        let dir = tempfile::tempdir().expect("dir");
-        let cfg_path = dir.path().join("ringline.toml");
-        std::fs::write(&cfg_path, crash_config()).expect("config");
-        let data = dir.path().join("data");
+        let (_dir, cfg_path, data) = fresh_dir();
 
         let first = Server::start(&cfg_path, &data);
-        let mut a1 = Client::connect(first.addr, "/v1/agent", "a1-token", "json").await.expect("agent");
-        a1.expect("hello").await;
+        let _a1 = agent(first.addr, "a1").await;
         let (_gw, acked) = stream_until(first.addr, &events, kill_after).await;
         first.kill();
 
@@ -226,10 +238,7 @@ async fn sigkill_at_any_point_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_journal_tail_is_dropped_reported_and_the_server_starts() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cfg_path = dir.path().join("ringline.toml");
-    std::fs::write(&cfg_path, crash_config()).expect("config");
-    let data = dir.path().join("data");
+    let (_dir, cfg_path, data) = fresh_dir();
     let events: Vec<Value> = (1..=10)
         .map(|i| json!({"type": "call.inbound", "call_id": format!("c{i}"), "to": N, "from": "+15551230001"}))
         .collect();
@@ -263,13 +272,9 @@ async fn a_damaged_journal_tail_is_dropped_reported_and_the_server_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_flushes_and_exits_zero() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cfg_path = dir.path().join("ringline.toml");
-    std::fs::write(&cfg_path, crash_config()).expect("config");
-    let data = dir.path().join("data");
+    let (_dir, cfg_path, data) = fresh_dir();
     let mut server = Server::start(&cfg_path, &data);
-    let mut a1 = Client::connect(server.addr, "/v1/agent", "a1-token", "json").await.expect("agent");
-    a1.expect("hello").await;
+    let mut a1 = agent(server.addr, "a1").await;
     let mut gw = connect_gateway(server.addr).await;
     gw.inbound("c1", N).await;
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
@@ -291,15 +296,10 @@ async fn sigterm_closes_clients_flushes_and_exits_zero() {
 /// hears no `call.ringing` until an agent is back and really rung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_rings_nobody_whose_connection_is_gone() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cfg_path = dir.path().join("ringline.toml");
-    std::fs::write(&cfg_path, crash_config()).expect("config");
-    let data = dir.path().join("data");
+    let (_dir, cfg_path, data) = fresh_dir();
     let first = Server::start(&cfg_path, &data);
-    let mut a1 = Client::connect(first.addr, "/v1/agent", "a1-token", "json").await.expect("agent");
-    a1.expect("hello").await;
-    let mut a2 = Client::connect(first.addr, "/v1/agent", "a2-token", "json").await.expect("agent");
-    a2.expect("hello").await;
+    let mut a1 = agent(first.addr, "a1").await;
+    let _a2 = agent(first.addr, "a2").await;
     let mut gw = connect_gateway(first.addr).await;
     gw.acked(json!({"type": "call.inbound", "call_id": "c1", "to": N, "from": "+15551230001"})).await;
     assert_eq!(a1.expect("offer").await["call_id"], "c1");
@@ -310,8 +310,7 @@ async fn a_restart_rings_nobody_whose_connection_is_gone() {
     let second = Server::start(&cfg_path, &data);
     let mut gw = connect_gateway(second.addr).await;
     gw.c.expect_none("call.ringing", Duration::from_millis(700)).await;
-    let mut a2 = Client::connect(second.addr, "/v1/agent", "a2-token", "json").await.expect("agent");
-    a2.expect("hello").await;
+    let mut a2 = agent(second.addr, "a2").await;
     assert_eq!(a2.expect("offer").await["call_id"], "c1");
     let ringing = gw.expect_for("call.ringing", "c1").await;
     assert_eq!(ringing["agents"], json!(["a2"]));
