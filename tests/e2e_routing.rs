@@ -262,6 +262,41 @@ async fn outbound_calls_need_access_to_the_number() {
     srv.stop().await;
 }
 
+/// A gateway connection can drop with commands in flight. Whatever the
+/// gateway still has to act on (a bridge, an outbound dial nobody picked
+/// up) is sent again to the connection that replaces it, until answered.
+#[tokio::test]
+async fn a_reconnecting_gateway_is_sent_the_bridges_and_dials_still_open() {
+    let srv = TestServer::start(&config(&number(N, "ring_all", "", ""))).await;
+    let mut a1 = srv.agent("a1").await;
+    let mut olga = srv.agent("olga").await;
+    let mut gw = srv.gateway().await;
+    gw.inbound("c1", N).await;
+    a1.accept_next().await;
+    gw.expect_for("call.bridge", "c1").await;
+    olga.send(json!({"type": "call.dial", "from": N, "to": "+15557770000"})).await;
+    let dial = gw.expect("call.dial").await;
+    let dialled = dial["call_id"].as_str().unwrap().to_string();
+    drop(gw);
+
+    let mut gw = srv.gateway().await;
+    let again = gw.expect_for("call.dial", &dialled).await;
+    assert_eq!(again, dial, "the dial is sent again as it was");
+    let bridge = gw.expect_for("call.bridge", "c1").await;
+    assert_eq!(bridge["agent"], "a1");
+    gw.acked(json!({"type": "call.answered", "call_id": dialled, "agent": "olga"})).await;
+    drop(gw);
+
+    // Answered: the dial is settled, the bridge still is not.
+    let mut gw = srv.gateway().await;
+    gw.expect_for("call.bridge", "c1").await;
+    gw.c.expect_none("call.dial", std::time::Duration::from_millis(300)).await;
+    gw.acked(json!({"type": "call.ended", "call_id": dialled, "reason": "agent_hangup"})).await;
+    olga.expect("call.ended").await;
+    finish_bridged(&mut gw, "c1", "a1").await;
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_cover_calls_offers_queues_and_the_journal() {
     let srv = TestServer::start(&config(&number(N, "ring_all", "", ""))).await;

@@ -938,10 +938,16 @@ impl World {
         if !self.engine.open_connections().is_empty() {
             self.fail("connections left open after a restart");
         }
+        let mut again = BTreeSet::new();
         for o in self.engine.unanswered_commands() {
             let Output::Gateway { account, cmd } = &o else {
                 self.fail(format!("not a gateway command: {o:?}"));
             };
+            if let GatewayCommand::CallbackDial { callback_id, .. } = cmd {
+                again.insert(callback_id.to_string());
+            } else if let Some(id) = cmd.call_id() {
+                again.insert(id.to_string());
+            }
             // Re-sent as they were: the gateway already acts on them.
             let consistent = match cmd {
                 GatewayCommand::CallBridge { call_id, agent } => self
@@ -952,10 +958,25 @@ impl World {
                     .dialling
                     .get(callback_id.as_str())
                     .is_some_and(|(a, u, dial)| a == account && u == agent && dial.as_str() == call_id.as_str()),
+                // An outbound call the gateway has not reported picked up.
+                GatewayCommand::CallDial { call_id, agent, .. } => {
+                    self.outbound.contains(call_id.as_str())
+                        && self.calls.get(call_id.as_str()).is_some_and(|c| {
+                            c.account == *account && matches!(&c.state, CallState::Bridging(a) if a == agent)
+                        })
+                }
                 _ => false,
             };
             if !consistent {
                 self.fail(format!("re-sent after a restart, unlike what the gateway was told: {cmd:?}"));
+            }
+        }
+        // And nothing the gateway still has to act on is left out: a bridge
+        // or outbound dial not yet answered, a callback dial in progress.
+        let waiting = self.calls.iter().filter(|(_, c)| matches!(c.state, CallState::Bridging(_))).map(|(id, _)| id);
+        for id in waiting.chain(self.dialling.keys()) {
+            if !again.contains(id) {
+                self.fail(format!("{id} awaits the gateway, but its command is not sent again after a restart"));
             }
         }
     }

@@ -5,7 +5,7 @@
 //!
 //! One timer per number drives a *sweep* over its queue, so the cost is one
 //! pass over the queue per sweep rather than a timer per caller. Sweeps run
-//! at most once per [`granularity`], so periodic announcements may be up to
+//! at most once per `granularity`, so periodic announcements may be up to
 //! that late; they are emitted as their own input, after any offer or
 //! bridge that the triggering event produced.
 

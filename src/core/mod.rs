@@ -137,9 +137,11 @@ pub enum RestoreError {
 ///   timer fires at its own deadline before any later input of its account,
 ///   so firing is a function of state and time alone and replay re-derives
 ///   it.
-/// - After a restart no connection survives: feed (and journal) a
-///   `Disconnect` for each of [`open_connections`](Engine::open_connections),
-///   then re-send [`unanswered_commands`](Engine::unanswered_commands).
+/// - After a restart no connection survives: feed (and journal)
+///   [`Input::Restarted`] for each account with
+///   [`open_connections`](Engine::open_connections), then re-send
+///   [`unanswered_commands`](Engine::unanswered_commands) (and again
+///   whenever a gateway connects).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Engine {
     accounts: Vec<Account>,
@@ -302,7 +304,8 @@ impl Engine {
         out
     }
 
-    /// Gateway commands still awaiting an answer, to re-send after a restart.
+    /// Gateway commands still awaiting an answer (bridges, callback and
+    /// outbound dials), to re-send after a restart or a gateway reconnect.
     pub fn unanswered_commands(&self) -> Vec<Output> {
         let mut out = Vec::new();
         for acc in &self.accounts {

@@ -2,7 +2,9 @@
 //! `wrapup.done`, and what a restart does to everyone.
 
 use super::account::Account;
+use super::call::LiveCall;
 use super::error::CoreError;
+use super::history::CallKind;
 use super::ids::{ConnId, UserId};
 use super::offer::OfferEnd;
 use super::queue::{EntryKind, Phase};
@@ -134,12 +136,27 @@ impl Account {
         Ok(Reply::Done)
     }
 
-    /// Commands the gateway was given and has not answered yet (a bridge
-    /// or callback dial in progress). After a restart the shell sends them
-    /// again so a gateway that lost them converges; gateways treat a repeat
-    /// for the same call and agent as a no-op (docs/protocol.md).
+    /// Commands the gateway was given and has not answered yet: a bridge
+    /// or callback dial in progress, an outbound dial not yet picked up.
+    /// After a restart, and whenever a gateway connects, the shell sends
+    /// them again so a gateway that lost them converges; gateways treat a
+    /// repeat for the same call and agent as a no-op (docs/protocol.md).
+    /// Without the outbound dials, a `call.dial` lost with a gateway
+    /// connection would leave its agent on a call nobody places, until
+    /// the gateway reports an end it never heard of.
     pub(crate) fn unanswered_commands(&self) -> Vec<GatewayCommand> {
         let mut out = Vec::new();
+        let mut dials: Vec<&LiveCall> =
+            self.calls.values().filter(|c| c.kind == CallKind::Outbound && c.answered_at.is_none()).collect();
+        dials.sort_by_key(|c| (c.started_at, c.id.clone()));
+        for c in dials {
+            out.push(GatewayCommand::CallDial {
+                call_id: c.id.clone(),
+                agent: self.user(c.agent).id.clone(),
+                to: c.to.clone(),
+                caller_id: self.number(c.number).id.clone(),
+            });
+        }
         for e in self.entries.values() {
             let Phase::Connecting { agent, dial } = &e.phase else { continue };
             let agent = self.user(*agent).id.clone();

@@ -83,8 +83,8 @@ async fn run(
         app.hot.ack_latency.clone(),
     ));
 
-    // Hand over what waited for a gateway, and re-send connections in
-    // flight in case the previous connection lost them.
+    // Hand over what waited for a gateway, and re-send bridges and dials
+    // in flight in case the previous connection lost them.
     let served: Vec<AccountId> = match &accounts {
         Some(a) => a.clone(),
         None => app.config.accounts.iter().map(|a| a.id.clone()).collect(),

@@ -366,8 +366,8 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         let Some(shard) = app.shard_for(&account) else { continue };
         shard.call(&app, input).await.map_err(|e| StartError::Provisioning(format!("account {account}: {e}")))?;
     }
-    // Bridges and dials the gateway may never have received: sent again
-    // when a gateway connects.
+    // Bridges and dials (callback and outbound) the gateway may never have
+    // received: sent again when a gateway connects.
     let durable = app.journal.last_seq();
     for o in unanswered {
         deliver(&app, o, durable, None);
