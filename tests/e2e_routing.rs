@@ -297,6 +297,75 @@ async fn a_reconnecting_gateway_is_sent_the_bridges_and_dials_still_open() {
     srv.stop().await;
 }
 
+/// A caller sent to voicemail and an agent's SMS are handed to the gateway
+/// for good. A gateway connection that drops with them in flight must not
+/// lose them: the next connection gets them again until the gateway
+/// reports the call over and the message's status.
+#[tokio::test]
+async fn a_reconnecting_gateway_is_sent_the_hand_offs_it_has_not_reported_on() {
+    let srv = TestServer::start(&config(&number(N, "ring_all", "", "enabled = false"))).await;
+    let mut olga = srv.agent("olga").await;
+    let mut gw = srv.gateway().await;
+    gw.inbound("v1", N).await;
+    let vm = gw.expect_for("call.voicemail", "v1").await;
+    assert_eq!(vm["reason"], "no_agents");
+    olga.send(json!({"type": "message.send", "from": N, "to": "+15557770000", "body": "on my way"})).await;
+    let sms = gw.expect("message.send").await;
+    drop(gw);
+
+    let mut gw = srv.gateway().await;
+    assert_eq!(gw.expect_for("call.voicemail", "v1").await, vm, "sent again as it was");
+    assert_eq!(gw.expect("message.send").await, sms);
+    gw.acked(json!({"type": "call.ended", "call_id": "v1", "reason": "voicemail_done"})).await;
+    drop(gw);
+
+    let mut gw = srv.gateway().await;
+    assert_eq!(gw.expect("message.send").await, sms, "no status yet");
+    gw.c.expect_none("call.voicemail", std::time::Duration::from_millis(300)).await;
+    gw.acked(json!({"type": "message.status", "message_id": sms["message_id"], "status": "sent"})).await;
+    drop(gw);
+
+    let mut gw = srv.gateway().await;
+    gw.c.expect_none("message.send", std::time::Duration::from_millis(300)).await;
+    // The call's one outcome is still the voicemail.
+    let (status, calls) = get_json(srv.addr, "/v1/calls", "alice-token").await;
+    assert_eq!(status, 200, "{calls}");
+    let v1: Vec<_> = calls["items"].as_array().unwrap().iter().filter(|c| c["id"] == "v1").collect();
+    assert_eq!(v1.len(), 1, "{calls}");
+    assert_eq!(v1[0]["outcome"], "voicemail", "{calls}");
+    drop(gw);
+    srv.stop().await;
+}
+
+/// With two gateways on one account, a gateway that connects is not sent
+/// what the other, still connected, carries (it would act on a call it
+/// does not have); what a gateway that is gone carried goes to the next
+/// gateway that connects, and stays with it.
+#[tokio::test]
+async fn a_gateway_is_sent_again_only_what_no_connected_gateway_carries() {
+    let numbers = number(N, "ring_all", "", "enabled = false");
+    let cfg = format!("{}\n[[gateways]]\nname = \"edge-2\"\ntoken = \"gw-two\"\n", config(&numbers));
+    let srv = TestServer::start(&cfg).await;
+    let quiet = std::time::Duration::from_millis(300);
+    let two = || Client::connect(srv.addr, "/v1/gateway", "gw-two", "json");
+    let mut gw = srv.gateway().await;
+    gw.inbound("v1", N).await;
+    let vm = gw.expect_for("call.voicemail", "v1").await;
+    let mut edge2 = two().await.expect("edge-2 connects");
+    edge2.expect_none("call.voicemail", quiet).await;
+
+    drop(gw);
+    drop(edge2);
+    // Let the server see edge-1 go.
+    tokio::time::sleep(quiet).await;
+    let mut edge2 = two().await.expect("edge-2 connects");
+    assert_eq!(edge2.expect("call.voicemail").await, vm, "adopted from edge-1, which is gone");
+    let mut gw = srv.gateway().await;
+    gw.c.expect_none("call.voicemail", quiet).await;
+    drop(gw);
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_cover_calls_offers_queues_and_the_journal() {
     let srv = TestServer::start(&config(&number(N, "ring_all", "", ""))).await;

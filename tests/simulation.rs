@@ -43,13 +43,14 @@ use rand_chacha::ChaCha8Rng;
 use ringline::core::admin::{Actor, AdminCommand, NumberSpec};
 use ringline::core::history::{CallKind, Outcome, Record};
 use ringline::core::ids::{AccountId, ConnId, NumberId, OfferId, UserId};
+use ringline::core::recent::RECENT_WINDOW;
 use ringline::core::settings::{Overflow, QueueSettings, RoutingSettings, Strategy};
 use ringline::core::team::{Lifecycle, Plan, Role};
 use ringline::core::testkit::T0;
 use ringline::core::{Engine, Input, Instant, Output, Reply};
 use ringline::protocol::agent::{AgentCommand, AgentMessage, Status, Topic, WantedStatus};
-use ringline::protocol::gateway::{DialOutcome, EndReason, GatewayCommand, GatewayEvent};
-use std::collections::{BTreeMap, BTreeSet};
+use ringline::protocol::gateway::{DeliveryStatus, DialOutcome, EndReason, GatewayCommand, GatewayEvent, HangupReason};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 const ACME: &str = "acme";
@@ -61,7 +62,7 @@ const GLOBEX: &str = "globex";
 /// What a step may do, and its weight in the base mix (per 100,000 steps:
 /// a world that restarts at all does so about ten times in 250,000).
 type Action = fn(&mut World);
-const ACTIONS: [(u32, Action); 20] = [
+const ACTIONS: [(u32, Action); 21] = [
     (10000, World::arrival),
     (12000, World::accept),
     (4000, World::decline),
@@ -77,6 +78,7 @@ const ACTIONS: [(u32, Action); 20] = [
     (5000, World::presence),
     (1500, World::wrapup_done),
     (1500, World::outbound),
+    (1500, World::gateway_reports),
     (4000, World::noise),
     (300, World::admin_change),
     (300, World::lifecycle_change),
@@ -182,7 +184,18 @@ struct World {
     restarted: bool,
     deactivated: BTreeSet<(AccountId, UserId)>,
     outbound: BTreeSet<String>,
+    /// Commands that handed a call (overflow) or an SMS to the gateway for
+    /// good, by call or message id, with when they were seen. The engine
+    /// sends them again after a restart until the gateway reports on them
+    /// or it forgets the id ([`RECENT_WINDOW`]).
+    handed_off: BTreeMap<String, (Instant, AccountId, GatewayCommand)>,
+    /// `handed_off`'s ids by age, to drop those the engine has forgotten.
+    handed_order: VecDeque<(Instant, String)>,
 }
+
+/// The longest a `tick` moves the clock: timers it fires act as of their
+/// own deadline, up to this much before the world's `now`.
+const MAX_TICK: Duration = Duration::from_secs(20);
 
 fn acc(s: &str) -> AccountId {
     AccountId::from(s)
@@ -220,6 +233,8 @@ impl World {
             restarted: false,
             deactivated: BTreeSet::new(),
             outbound: BTreeSet::new(),
+            handed_off: BTreeMap::new(),
+            handed_order: VecDeque::new(),
         };
         w.provision();
         w
@@ -504,12 +519,30 @@ impl World {
                 {
                     self.busy.remove(&(c.account, a));
                 }
+                if !matches!(cmd, GatewayCommand::CallHangup { reason: HangupReason::AgentRequest, .. }) {
+                    self.hand_off(call_id.to_string(), account, cmd);
+                }
             }
+            GatewayCommand::MessageSend { message_id, .. } => self.hand_off(message_id.to_string(), account, cmd),
             GatewayCommand::CallbackAccepted { call_id, callback_id, .. } => {
                 self.calls.remove(call_id.as_str());
                 self.started.insert(callback_id.to_string());
             }
             _ => {}
+        }
+    }
+
+    fn hand_off(&mut self, id: String, account: &AccountId, cmd: &GatewayCommand) {
+        self.handed_off.insert(id.clone(), (self.now, account.clone(), cmd.clone()));
+        self.handed_order.push_back((self.now, id));
+        // Older than the engine's memory: it may drop them any time now.
+        while let Some((at, id)) = self.handed_order.front()
+            && *at + RECENT_WINDOW + MAX_TICK < self.now
+        {
+            if self.handed_off.get(id).is_some_and(|(t, ..)| t == at) {
+                self.handed_off.remove(id);
+            }
+            self.handed_order.pop_front();
         }
     }
 
@@ -623,8 +656,11 @@ impl World {
     }
 
     fn tick(&mut self) {
-        let ms =
-            if self.rng.random_bool(0.1) { self.rng.random_range(0..20_000) } else { self.rng.random_range(0..1500) };
+        let ms = if self.rng.random_bool(0.1) {
+            self.rng.random_range(0..MAX_TICK.as_millis() as u64)
+        } else {
+            self.rng.random_range(0..1500)
+        };
         self.now = self.now + Duration::from_millis(ms);
         let _ = self.feed(Input::Tick);
     }
@@ -772,8 +808,58 @@ impl World {
         let Some((a, u)) = self.pick(&self.users.clone()) else { return };
         let from = self.numbers.iter().find(|(x, _)| *x == a).map(|(_, n)| n.clone());
         let Some(from) = from else { return };
+        if self.rng.random_bool(0.3) {
+            let sms = AgentCommand::MessageSend { from, to: "+15557770000".into(), body: "on my way".into() };
+            let _ = self.agent_cmd(&a, &u, sms);
+            return;
+        }
         // Dialling out while rung revokes the offer (`observe` sees it end).
         let _ = self.agent_cmd(&a, &u, AgentCommand::CallDial { from, to: "+15557770000".into() });
+    }
+
+    /// Whether the engine surely still remembers what it handed off at
+    /// `at` (world time): timers act as of their deadline, so its own
+    /// time for it may be up to a tick earlier.
+    fn remembered(&self, at: Instant) -> bool {
+        at + RECENT_WINDOW > self.now + MAX_TICK
+    }
+
+    /// The gateway reports on something handed to it: the call it sent to
+    /// voicemail (maybe with a voicemail left), forwarded or hung up is
+    /// over; the SMS went out. Each settles its hand-off.
+    fn gateway_reports(&mut self) {
+        if self.handed_off.is_empty() {
+            return;
+        }
+        let k = self.rng.random_range(0..self.handed_off.len());
+        let Some(id) = self.handed_off.keys().nth(k).cloned() else { return };
+        let Some((at, account, cmd)) = self.handed_off.remove(&id) else { return };
+        let event = match &cmd {
+            GatewayCommand::MessageSend { message_id, .. } => {
+                GatewayEvent::MessageStatus { message_id: message_id.clone(), status: DeliveryStatus::Delivered }
+            }
+            GatewayCommand::CallVoicemail { call_id, .. } if self.rng.random_bool(0.5) => {
+                GatewayEvent::VoicemailRecorded {
+                    call_id: call_id.clone(),
+                    url: "https://vm.test/1.wav".into(),
+                    duration_ms: 9000,
+                }
+            }
+            GatewayCommand::CallVoicemail { call_id, .. } => {
+                GatewayEvent::CallEnded { call_id: call_id.clone(), reason: EndReason::VoicemailDone }
+            }
+            GatewayCommand::CallForward { call_id, .. } => {
+                GatewayEvent::CallEnded { call_id: call_id.clone(), reason: EndReason::Transferred }
+            }
+            GatewayCommand::CallHangup { call_id, .. } => {
+                GatewayEvent::CallEnded { call_id: call_id.clone(), reason: EndReason::CallerHangup }
+            }
+            other => self.fail(format!("not a hand-off: {other:?}")),
+        };
+        let r = self.gw(&account, event);
+        if self.remembered(at) && r != Ok(Reply::Done) {
+            self.fail(format!("the gateway's report on {id} was {r:?}"));
+        }
     }
 
     /// Duplicates, unknown ids, messages and voicemails: nothing here may
@@ -943,11 +1029,11 @@ impl World {
             let Output::Gateway { account, cmd } = &o else {
                 self.fail(format!("not a gateway command: {o:?}"));
             };
-            if let GatewayCommand::CallbackDial { callback_id, .. } = cmd {
-                again.insert(callback_id.to_string());
-            } else if let Some(id) = cmd.call_id() {
-                again.insert(id.to_string());
-            }
+            match cmd {
+                GatewayCommand::CallbackDial { callback_id, .. } => again.insert(callback_id.to_string()),
+                GatewayCommand::MessageSend { message_id, .. } => again.insert(message_id.to_string()),
+                _ => cmd.call_id().is_some_and(|id| again.insert(id.to_string())),
+            };
             // Re-sent as they were: the gateway already acts on them.
             let consistent = match cmd {
                 GatewayCommand::CallBridge { call_id, agent } => self
@@ -958,6 +1044,17 @@ impl World {
                     .dialling
                     .get(callback_id.as_str())
                     .is_some_and(|(a, u, dial)| a == account && u == agent && dial.as_str() == call_id.as_str()),
+                // Handed off and not reported on: exactly as it was sent.
+                GatewayCommand::CallVoicemail { .. }
+                | GatewayCommand::CallForward { .. }
+                | GatewayCommand::CallHangup { .. }
+                | GatewayCommand::MessageSend { .. } => {
+                    let id = match cmd {
+                        GatewayCommand::MessageSend { message_id, .. } => message_id.to_string(),
+                        _ => cmd.call_id().map(ToString::to_string).unwrap_or_default(),
+                    };
+                    self.handed_off.get(&id).is_some_and(|(_, a, c)| a == account && c == cmd)
+                }
                 // An outbound call the gateway has not reported picked up.
                 GatewayCommand::CallDial { call_id, agent, .. } => {
                     self.outbound.contains(call_id.as_str())
@@ -972,9 +1069,11 @@ impl World {
             }
         }
         // And nothing the gateway still has to act on is left out: a bridge
-        // or outbound dial not yet answered, a callback dial in progress.
+        // or outbound dial not yet answered, a callback dial in progress, a
+        // hand-off not reported on (while the engine must remember it).
         let waiting = self.calls.iter().filter(|(_, c)| matches!(c.state, CallState::Bridging(_))).map(|(id, _)| id);
-        for id in waiting.chain(self.dialling.keys()) {
+        let handed = self.handed_off.iter().filter(|(_, (at, ..))| self.remembered(*at)).map(|(id, _)| id);
+        for id in waiting.chain(self.dialling.keys()).chain(handed) {
             if !again.contains(id) {
                 self.fail(format!("{id} awaits the gateway, but its command is not sent again after a restart"));
             }

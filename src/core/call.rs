@@ -184,6 +184,10 @@ impl Account {
             self.callback_attempt_failed(seq);
             return Ok(Reply::Done);
         }
+        // A call handed to voicemail, a forward or a hang-up is over.
+        if self.settle_handoff(&RecentKey::Call(call_id.clone())) {
+            return Ok(Reply::Done);
+        }
         self.unknown_call(&call_id)
     }
 

@@ -75,9 +75,11 @@ impl Account {
         message_id: MessageId,
         status: DeliveryStatus,
     ) -> Result<Reply, CoreError> {
-        if !self.recent.contains(&RecentKey::Message(message_id.clone())) {
+        let key = RecentKey::Message(message_id.clone());
+        if !self.recent.contains(&key) {
             return Err(CoreError::not_found(format!("no recent message {message_id}")));
         }
+        self.settle_handoff(&key);
         self.record(Record::MessageStatus { id: message_id, status, at: self.now });
         Ok(Reply::Done)
     }
@@ -131,12 +133,16 @@ impl Account {
                 });
             }
         }
-        self.send_gateway(GatewayCommand::MessageSend {
-            message_id: message_id.clone(),
-            from: from.clone(),
-            to: to.clone(),
-            body: body.clone(),
-        });
+        // Kept until the gateway reports its status (super::recent).
+        self.hand_off(
+            RecentKey::Message(message_id.clone()),
+            GatewayCommand::MessageSend {
+                message_id: message_id.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                body: body.clone(),
+            },
+        );
         self.record(Record::Message(MessageRecord {
             id: message_id,
             number: from.clone(),
@@ -163,6 +169,8 @@ impl Account {
         };
         let now = self.now;
         let number = self.number(n).id.clone();
+        // A voicemail shows the gateway had the call.voicemail.
+        self.settle_handoff(&RecentKey::Call(call_id.clone()));
         self.remember(RecentKey::Voicemail(call_id.clone()), None);
         if !restricted {
             self.send_assigned(
@@ -198,7 +206,7 @@ mod tests {
     use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
     use crate::core::testkit::Bed;
     use crate::protocol::agent::{AgentCommand, AgentMessage, Direction};
-    use crate::protocol::gateway::{EndReason, GatewayCommand, GatewayEvent};
+    use crate::protocol::gateway::{DeliveryStatus, EndReason, GatewayCommand, GatewayEvent};
     use std::time::Duration;
 
     const N: &str = "+15550100";
@@ -287,6 +295,7 @@ mod tests {
         b.inbound("c1", N);
         b.advance(Duration::from_secs(60));
         assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. })));
+        assert_eq!(b.engine.unanswered_commands().len(), 1, "handed off to voicemail");
         b.take();
         let vm = GatewayEvent::VoicemailRecorded {
             call_id: "c1".into(),
@@ -294,6 +303,7 @@ mod tests {
             duration_ms: 12_000,
         };
         assert_eq!(b.gw(vm.clone()).result, Ok(Reply::Done));
+        assert!(b.engine.unanswered_commands().is_empty(), "a voicemail shows the gateway had the call");
         assert!(got(&b, "b", |m| matches!(m, AgentMessage::Voicemail { duration_ms: 12_000, .. })));
         assert!(!got(&b, "o", |m| matches!(m, AgentMessage::Voicemail { .. })));
         assert!(b.records().iter().any(|r| matches!(r, Record::Voicemail(v) if !v.restricted)));
@@ -318,6 +328,39 @@ mod tests {
         let long = "x".repeat(super::MAX_BODY_CHARS + 1);
         let h = b.agent("a", AgentCommand::MessageSend { from: N.into(), to: "+15557770000".into(), body: long });
         assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::BadRequest);
+    }
+
+    /// An SMS handed to the gateway is sent again to a reconnecting
+    /// gateway until the gateway reports its status, or its id is
+    /// forgotten.
+    #[test]
+    fn an_sms_is_handed_off_until_its_status_arrives() {
+        let mut b = bed();
+        let send = |to: &str| AgentCommand::MessageSend { from: N.into(), to: to.into(), body: "on my way".into() };
+        let again = |b: &Bed| -> Vec<GatewayCommand> {
+            b.engine
+                .unanswered_commands()
+                .into_iter()
+                .filter_map(|o| match o {
+                    crate::core::Output::Gateway { cmd, .. } => Some(cmd),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(b.agent("a", send("+15557770001")).result.is_ok());
+        assert!(b.agent("a", send("+15557770002")).result.is_ok());
+        let sent = b.gateway_cmds();
+        assert_eq!(again(&b), sent, "both, oldest first, as they were sent");
+        let GatewayCommand::MessageSend { message_id, .. } = &sent[0] else { panic!("{sent:?}") };
+        let status = GatewayEvent::MessageStatus { message_id: message_id.clone(), status: DeliveryStatus::Sent };
+        let h = b.gw(status);
+        assert_eq!((h.result, h.journal), (Ok(Reply::Done), true));
+        assert_eq!(again(&b), sent[1..], "the first is settled");
+        b.check();
+        // Never reported: kept as long as its id, then dropped with it.
+        b.advance(crate::core::recent::RECENT_WINDOW + Duration::from_secs(1));
+        assert!(again(&b).is_empty());
+        b.check();
     }
 
     #[test]

@@ -137,7 +137,8 @@ impl Account {
     }
 
     /// Commands the gateway was given and has not answered yet: a bridge
-    /// or callback dial in progress, an outbound dial not yet picked up.
+    /// or callback dial in progress, an outbound dial not yet picked up,
+    /// and the hand-offs not yet reported on (super::recent).
     /// After a restart, and whenever a gateway connects, the shell sends
     /// them again so a gateway that lost them converges; gateways treat a
     /// repeat for the same call and agent as a no-op (docs/protocol.md).
@@ -176,6 +177,7 @@ impl Account {
                 _ => {}
             }
         }
+        out.extend(self.recent.handoffs());
         out
     }
 }

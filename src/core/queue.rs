@@ -256,20 +256,21 @@ impl Account {
         let Some(e) = self.remove_entry(seq, RevokeReason::Reassigned) else {
             return;
         };
-        let outcome = match overflow {
+        let (cmd, outcome) = match overflow {
             Overflow::Voicemail => {
-                self.send_gateway(GatewayCommand::CallVoicemail { call_id: call_id.clone(), reason });
-                Outcome::Voicemail { reason }
+                (GatewayCommand::CallVoicemail { call_id: call_id.clone(), reason }, Outcome::Voicemail { reason })
             }
-            Overflow::Forward(to) => {
-                self.send_gateway(GatewayCommand::CallForward { call_id: call_id.clone(), to: to.clone(), reason });
-                Outcome::Forwarded { to, reason }
-            }
-            Overflow::Hangup => {
-                self.send_gateway(GatewayCommand::CallHangup { call_id: call_id.clone(), reason: reason.into() });
-                Outcome::HungUp { reason }
-            }
+            Overflow::Forward(to) => (
+                GatewayCommand::CallForward { call_id: call_id.clone(), to: to.clone(), reason },
+                Outcome::Forwarded { to, reason },
+            ),
+            Overflow::Hangup => (
+                GatewayCommand::CallHangup { call_id: call_id.clone(), reason: reason.into() },
+                Outcome::HungUp { reason },
+            ),
         };
+        // Kept until the gateway reports the call ended (super::recent).
+        self.hand_off(RecentKey::Call(call_id), cmd);
         self.finish_entry(e, outcome);
     }
 
@@ -362,6 +363,7 @@ impl Account {
 
 #[cfg(test)]
 mod tests {
+    use crate::core::Output;
     use crate::core::history::Outcome;
     use crate::core::settings::{Overflow, QueueSettings, RoutingSettings, Strategy};
     use crate::core::testkit::Bed;
@@ -441,13 +443,25 @@ mod tests {
             b.inbound("c2", N);
             b.take();
             b.inbound("c3", N);
-            assert_eq!(b.gateway_cmds(), [expect], "{overflow}");
+            assert_eq!(b.gateway_cmds(), std::slice::from_ref(&expect), "{overflow}");
             let rec = b.call_record("c3").unwrap();
             assert!(!matches!(rec.outcome, Outcome::Missed | Outcome::Abandoned));
-            // The gateway's later call.ended is a no-op, not a second outcome.
+            // Handed off: sent again to a reconnecting gateway until the
+            // gateway reports the call over.
+            let again = |b: &Bed| -> Vec<Output> { b.engine.unanswered_commands() };
+            assert!(
+                matches!(&again(&b)[..], [Output::Gateway { cmd, .. }] if *cmd == expect),
+                "{overflow}: {:?}",
+                again(&b)
+            );
+            // The gateway's call.ended settles that, with no second outcome;
+            // a repeat of it is a no-op.
             b.take();
-            assert_eq!(b.ended("c3", EndReason::VoicemailDone).result, Ok(crate::core::Reply::Duplicate));
+            let h = b.ended("c3", EndReason::VoicemailDone);
+            assert_eq!((h.result, h.journal), (Ok(crate::core::Reply::Done), true));
             assert!(b.records().is_empty());
+            assert!(again(&b).is_empty());
+            assert_eq!(b.ended("c3", EndReason::VoicemailDone).result, Ok(crate::core::Reply::Duplicate));
             b.check();
         }
     }

@@ -2,6 +2,14 @@
 //! reconnect gets a no-op instead of a second call. Kept for
 //! [`RECENT_WINDOW`]; an id older than that is forgotten (and the shell drops
 //! its route), so a re-send after 15 minutes is answered `not_found`.
+//!
+//! Beside them, the *hand-offs*: commands that give a call or a message to
+//! the gateway for good (voicemail, forward or hang-up at overflow; an SMS
+//! to send). The engine is done with those, but a gateway connection can
+//! drop with the command in flight, and then the caller would hold forever
+//! or the text never leave. So each is kept until the gateway reports on
+//! it (`call.ended`, `voicemail.recorded`, `message.status`) or its id is
+//! forgotten, and the shell sends it again whenever a gateway connects.
 
 use super::NumberIx;
 use super::account::Account;
@@ -9,6 +17,7 @@ use super::ids::{CallId, CallbackId, MessageId, Phone};
 use super::output::{DirectoryChange, Output, RouteKey};
 use super::time::Instant;
 use super::timers::{Timer, TimerKey};
+use crate::protocol::gateway::GatewayCommand;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -33,6 +42,12 @@ pub(crate) struct Recent {
     map: FxHashMap<RecentKey, Option<CallTrace>>,
     order: VecDeque<(Instant, RecentKey)>,
     timer: Option<TimerKey>,
+    /// Hand-offs not yet reported on, with the order they were made in.
+    /// (Absent from snapshots taken before hand-offs were kept: none then.)
+    #[serde(default)]
+    handoffs: FxHashMap<RecentKey, (u64, GatewayCommand)>,
+    #[serde(default)]
+    handoff_seq: u64,
 }
 
 impl Recent {
@@ -44,6 +59,12 @@ impl Recent {
     }
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+    /// Hand-offs not yet reported on, oldest first.
+    pub(crate) fn handoffs(&self) -> Vec<GatewayCommand> {
+        let mut v: Vec<_> = self.handoffs.values().collect();
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, cmd)| cmd.clone()).collect()
     }
 }
 
@@ -59,6 +80,20 @@ impl Account {
         }
     }
 
+    /// Sends `cmd`, which hands `key` over to the gateway, and keeps it
+    /// until the gateway reports on it. `key` must be remembered.
+    pub(crate) fn hand_off(&mut self, key: RecentKey, cmd: GatewayCommand) {
+        self.recent.handoff_seq += 1;
+        self.recent.handoffs.insert(key, (self.recent.handoff_seq, cmd.clone()));
+        self.send_gateway(cmd);
+    }
+
+    /// The gateway reported on `key`: its hand-off, if any, is settled.
+    /// Returns whether there was one.
+    pub(crate) fn settle_handoff(&mut self, key: &RecentKey) -> bool {
+        self.recent.handoffs.remove(key).is_some()
+    }
+
     pub(crate) fn forget_recent(&mut self) {
         self.recent.timer = None;
         let now = self.now;
@@ -70,6 +105,7 @@ impl Account {
                 break;
             };
             self.recent.map.remove(&key);
+            self.recent.handoffs.remove(&key);
             let route = match key {
                 RecentKey::Call(c) => Some(RouteKey::Call(c)),
                 RecentKey::Callback(c) => Some(RouteKey::Callback(c)),

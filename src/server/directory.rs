@@ -5,7 +5,7 @@
 
 use super::conn::ConnHandle;
 use crate::config::GatewayConfig;
-use crate::core::ids::{AccountId, CallId, ConnId, GatewayName, NumberId, UserId};
+use crate::core::ids::{AccountId, ConnId, GatewayName, NumberId, UserId};
 use crate::core::team::{Lifecycle, Role};
 use crate::core::{DirectoryChange, RouteKey};
 use dashmap::DashMap;
@@ -48,8 +48,9 @@ pub struct Directory {
     pub user_conns: DashMap<(AccountId, UserId), Vec<ConnId>>,
     /// Connected gateways by name.
     pub gateways_live: DashMap<GatewayName, ConnHandle>,
-    /// The gateway that carries each call it told us about.
-    pub call_gateway: DashMap<CallId, GatewayName>,
+    /// The gateway that carries each call or message: the one that told
+    /// us about it, or the first one told about it.
+    pub carrier: DashMap<RouteKey, GatewayName>,
 }
 
 /// The shard of an account among `shards`: a stable hash of its id, the
@@ -81,7 +82,7 @@ impl Directory {
             conns: DashMap::new(),
             user_conns: DashMap::new(),
             gateways_live: DashMap::new(),
-            call_gateway: DashMap::new(),
+            carrier: DashMap::new(),
         }
     }
 
@@ -166,9 +167,7 @@ impl Directory {
             }
             DirectoryChange::Unbind { key, .. } => {
                 self.routes.remove(key);
-                if let RouteKey::Call(c) = key {
-                    self.call_gateway.remove(c);
-                }
+                self.carrier.remove(key);
             }
             DirectoryChange::Number { account, number, present } => {
                 if *present {

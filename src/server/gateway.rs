@@ -83,8 +83,9 @@ async fn run(
         app.hot.ack_latency.clone(),
     ));
 
-    // Hand over what waited for a gateway, and re-send bridges and dials
-    // in flight in case the previous connection lost them.
+    // Hand over what waited for a gateway, and re-send what the gateway
+    // has not answered (bridges, dials, hand-offs) in case the previous
+    // connection lost it.
     let served: Vec<AccountId> = match &accounts {
         Some(a) => a.clone(),
         None => app.config.accounts.iter().map(|a| a.id.clone()).collect(),
@@ -94,10 +95,10 @@ async fn run(
         for s in shards {
             if let Some(cmds) = s.query(|e| e.unanswered_commands()).await {
                 for o in cmds {
-                    if let crate::core::Output::Gateway { account, .. } = &o
-                        && accounts.as_ref().is_none_or(|a| a.contains(account))
+                    if let crate::core::Output::Gateway { account, cmd } = o
+                        && accounts.as_ref().is_none_or(|a| a.contains(&account))
                     {
-                        super::deliver(&app, o, app.journal.last_seq(), None);
+                        app.resend(&name, &handle, cmd);
                     }
                 }
             }
@@ -127,7 +128,7 @@ async fn run(
             .filter(|a| allowed(a))
             .ok_or_else(|| not_found(what(&frame.event), frame.seq, frame.ref_.clone()))?;
         if let Some(call) = call_of(&frame.event) {
-            app.dir.call_gateway.insert(call.clone(), name.clone());
+            app.dir.carrier.insert(RouteKey::Call(call.clone()), name.clone());
         }
         // Events about a new call may follow it on this connection before
         // its shard has bound the id: bind it here so they route (the

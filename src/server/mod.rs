@@ -19,12 +19,12 @@ pub mod wire;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::core::ids::{AccountId, ConnId, UserId};
-use crate::core::{Engine, Input, Instant, Output};
+use crate::core::ids::{AccountId, ConnId, GatewayName, UserId};
+use crate::core::{Engine, Input, Instant, Output, RouteKey};
 use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::GatewayCommand;
 use crate::store::{History, JournalHandle, Store, StoreConfig};
-use conn::Outbound;
+use conn::{ConnHandle, Outbound};
 use dashmap::DashMap;
 use directory::Directory;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -88,9 +88,10 @@ impl App {
     /// Queues a command for the gateway that carries its call, or any
     /// gateway allowed for the account; kept for later if none is connected.
     pub fn send_to_gateway(&self, account: &AccountId, cmd: Box<GatewayCommand>, after: u64) {
-        let carrier = cmd
-            .call_id()
-            .and_then(|c| self.dir.call_gateway.get(c).map(|g| g.value().clone()))
+        let key = carrier_key(&cmd);
+        let carrier = key
+            .as_ref()
+            .and_then(|k| self.dir.carrier.get(k).map(|g| g.value().clone()))
             .filter(|g| self.dir.gateways_live.contains_key(g));
         let target = carrier
             .or_else(|| self.dir.gateways_for(account).into_iter().find(|g| self.dir.gateways_live.contains_key(g)));
@@ -103,12 +104,29 @@ impl App {
             q.push_back((cmd, after));
             return;
         };
-        if let Some(call) = cmd.call_id() {
-            self.dir.call_gateway.entry(call.clone()).or_insert_with(|| name.clone());
+        if let Some(key) = key {
+            self.dir.carrier.entry(key).or_insert_with(|| name.clone());
         }
         if let Some(conn) = self.dir.gateways_live.get(&name).map(|c| c.value().clone()) {
             conn.send(Outbound::Gateway { cmd, after, born: None });
         }
+    }
+
+    /// Sends a command the gateway has not answered to `name`, which just
+    /// connected, unless another gateway that is still connected carries
+    /// its call or message (that one did not lose it). A call or message
+    /// whose gateway is gone is adopted by this one.
+    pub fn resend(&self, name: &GatewayName, conn: &ConnHandle, cmd: GatewayCommand) {
+        if let Some(key) = carrier_key(&cmd) {
+            let mut carrier = self.dir.carrier.entry(key).or_insert_with(|| name.clone());
+            if *carrier != *name {
+                if self.dir.gateways_live.contains_key(&*carrier) {
+                    return;
+                }
+                *carrier = name.clone();
+            }
+        }
+        conn.send(Outbound::Gateway { cmd: Box::new(cmd), after: self.journal.last_seq(), born: None });
     }
 
     /// A gateway connected: hand it what waited for it.
@@ -119,6 +137,18 @@ impl App {
                 self.send_to_gateway(account, cmd, after);
             }
         }
+    }
+}
+
+/// What names the call or message a command is about, for finding the
+/// gateway that carries it.
+fn carrier_key(cmd: &GatewayCommand) -> Option<RouteKey> {
+    match cmd {
+        GatewayCommand::MessageSend { message_id, .. } => Some(RouteKey::Message(message_id.clone())),
+        GatewayCommand::CallDial { call_id, .. } | GatewayCommand::CallbackDial { call_id, .. } => {
+            Some(RouteKey::Call(call_id.clone()))
+        }
+        other => other.call_id().map(|c| RouteKey::Call(c.clone())),
     }
 }
 
@@ -330,7 +360,6 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         }
     }
     let stale: Vec<(AccountId, ConnId)> = engines.iter().flat_map(Engine::open_connections).collect();
-    let unanswered: Vec<Output> = engines.iter().flat_map(Engine::unanswered_commands).collect();
     let not_before = engines.iter().map(Engine::now).max().unwrap_or_default();
     let clock = Clock::start(not_before);
     let max_conn = stale.iter().map(|(_, c)| c.0).max().unwrap_or(0);
@@ -366,12 +395,9 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         let Some(shard) = app.shard_for(&account) else { continue };
         shard.call(&app, input).await.map_err(|e| StartError::Provisioning(format!("account {account}: {e}")))?;
     }
-    // Bridges and dials (callback and outbound) the gateway may never have
-    // received: sent again when a gateway connects.
-    let durable = app.journal.last_seq();
-    for o in unanswered {
-        deliver(&app, o, durable, None);
-    }
+    // Bridges, dials and hand-offs the gateway may never have received
+    // are sent again when a gateway connects (gateway.rs); no gateway is
+    // connected yet.
 
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
