@@ -519,7 +519,11 @@ impl World {
                 {
                     self.busy.remove(&(c.account, a));
                 }
-                if !matches!(cmd, GatewayCommand::CallHangup { reason: HangupReason::AgentRequest, .. }) {
+                // A timer due before the gateway's own `call.ended` for the
+                // call can overflow it in that same input: the end settles
+                // the hand-off at once.
+                let ended = self.ending.as_ref().is_some_and(|(id, _)| id == call_id.as_str());
+                if !ended && !matches!(cmd, GatewayCommand::CallHangup { reason: HangupReason::AgentRequest, .. }) {
                     self.hand_off(call_id.to_string(), account, cmd);
                 }
             }
@@ -1032,6 +1036,8 @@ impl World {
             match cmd {
                 GatewayCommand::CallbackDial { callback_id, .. } => again.insert(callback_id.to_string()),
                 GatewayCommand::MessageSend { message_id, .. } => again.insert(message_id.to_string()),
+                // Not among `call_id()`'s: the id is the engine's own.
+                GatewayCommand::CallDial { call_id, .. } => again.insert(call_id.to_string()),
                 _ => cmd.call_id().is_some_and(|id| again.insert(id.to_string())),
             };
             // Re-sent as they were: the gateway already acts on them.
