@@ -7,6 +7,8 @@ use common::*;
 use serde_json::json;
 
 const N: &str = "+15550100";
+/// How long to listen for a message that must not come.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
 #[tokio::test]
 async fn a_call_is_routed_to_an_agent_and_bridged() {
@@ -182,7 +184,7 @@ async fn two_devices_of_one_user_both_ring_and_one_wins() {
     phone.send(json!({"type": "offer.accept", "offer_id": o1["offer_id"]})).await;
     phone.expect("offer.lost").await;
     gw.expect_for("call.bridge", "c1").await;
-    gw.c.expect_none("call.bridge", std::time::Duration::from_millis(300)).await;
+    gw.c.expect_none("call.bridge", QUIET).await;
     finish_bridged(&mut gw, "c1", "a1").await;
     // Going away on one device while rung stops the other one ringing.
     gw.inbound("c2", N).await;
@@ -290,7 +292,7 @@ async fn a_reconnecting_gateway_is_sent_the_bridges_and_dials_still_open() {
     // Answered: the dial is settled, the bridge still is not.
     let mut gw = srv.gateway().await;
     gw.expect_for("call.bridge", "c1").await;
-    gw.c.expect_none("call.dial", std::time::Duration::from_millis(300)).await;
+    gw.c.expect_none("call.dial", QUIET).await;
     gw.acked(json!({"type": "call.ended", "call_id": dialled, "reason": "agent_hangup"})).await;
     olga.expect("call.ended").await;
     finish_bridged(&mut gw, "c1", "a1").await;
@@ -321,12 +323,12 @@ async fn a_reconnecting_gateway_is_sent_the_hand_offs_it_has_not_reported_on() {
 
     let mut gw = srv.gateway().await;
     assert_eq!(gw.expect("message.send").await, sms, "no status yet");
-    gw.c.expect_none("call.voicemail", std::time::Duration::from_millis(300)).await;
+    gw.c.expect_none("call.voicemail", QUIET).await;
     gw.acked(json!({"type": "message.status", "message_id": sms["message_id"], "status": "sent"})).await;
     drop(gw);
 
     let mut gw = srv.gateway().await;
-    gw.c.expect_none("message.send", std::time::Duration::from_millis(300)).await;
+    gw.c.expect_none("message.send", QUIET).await;
     // The call's one outcome is still the voicemail.
     let (status, calls) = get_json(srv.addr, "/v1/calls", "alice-token").await;
     assert_eq!(status, 200, "{calls}");
@@ -346,22 +348,21 @@ async fn a_gateway_is_sent_again_only_what_no_connected_gateway_carries() {
     let numbers = number(N, "ring_all", "", "enabled = false");
     let cfg = format!("{}\n[[gateways]]\nname = \"edge-2\"\ntoken = \"gw-two\"\n", config(&numbers));
     let srv = TestServer::start(&cfg).await;
-    let quiet = std::time::Duration::from_millis(300);
     let two = || Client::connect(srv.addr, "/v1/gateway", "gw-two", "json");
     let mut gw = srv.gateway().await;
     gw.inbound("v1", N).await;
     let vm = gw.expect_for("call.voicemail", "v1").await;
     let mut edge2 = two().await.expect("edge-2 connects");
-    edge2.expect_none("call.voicemail", quiet).await;
+    edge2.expect_none("call.voicemail", QUIET).await;
 
     drop(gw);
     drop(edge2);
     // Let the server see edge-1 go.
-    tokio::time::sleep(quiet).await;
+    tokio::time::sleep(QUIET).await;
     let mut edge2 = two().await.expect("edge-2 connects");
     assert_eq!(edge2.expect("call.voicemail").await, vm, "adopted from edge-1, which is gone");
     let mut gw = srv.gateway().await;
-    gw.c.expect_none("call.voicemail", quiet).await;
+    gw.c.expect_none("call.voicemail", QUIET).await;
     drop(gw);
     srv.stop().await;
 }
