@@ -391,6 +391,7 @@ async fn metrics_cover_calls_offers_queues_and_the_journal() {
         "ringline_call_outcomes_total{outcome=\"answered\"}",
         "ringline_queue_waiting{account=\"acme\",number=\"+15550100\"}",
         "ringline_queue_longest_wait_seconds{account=\"acme\",number=\"+15550100\"}",
+        "ringline_gateway_handoffs{account=\"acme\"}",
         "ringline_offer_latency_seconds_bucket",
         "ringline_ack_latency_seconds_bucket",
         "ringline_journal_commit_seconds_bucket",

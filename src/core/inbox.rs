@@ -351,15 +351,26 @@ mod tests {
         assert!(b.agent("a", send("+15557770002")).result.is_ok());
         let sent = b.gateway_cmds();
         assert_eq!(again(&b), sent, "both, oldest first, as they were sent");
+        let count = |b: &Bed| {
+            let mut n = 0;
+            b.engine.handoff_counts(|a, c| {
+                assert_eq!(a.as_str(), "acme");
+                n = c;
+            });
+            n
+        };
+        assert_eq!(count(&b), 2, "the metric counts them");
         let GatewayCommand::MessageSend { message_id, .. } = &sent[0] else { panic!("{sent:?}") };
         let status = GatewayEvent::MessageStatus { message_id: message_id.clone(), status: DeliveryStatus::Sent };
         let h = b.gw(status);
         assert_eq!((h.result, h.journal), (Ok(Reply::Done), true));
         assert_eq!(again(&b), sent[1..], "the first is settled");
+        assert_eq!(count(&b), 1);
         b.check();
         // Never reported: kept as long as its id, then dropped with it.
         b.advance(crate::core::recent::RECENT_WINDOW + Duration::from_secs(1));
         assert!(again(&b).is_empty());
+        assert_eq!(count(&b), 0);
         b.check();
     }
 

@@ -360,6 +360,14 @@ impl Engine {
         }
     }
 
+    /// Calls `f(account, hand-offs)` for every account: overflow commands
+    /// and SMS sends the gateway has not reported on yet (see `recent`).
+    pub fn handoff_counts(&self, mut f: impl FnMut(&AccountId, usize)) {
+        for acc in &self.accounts {
+            f(&acc.id, acc.recent.handoff_count());
+        }
+    }
+
     /// Checks every internal invariant; `Err` names the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         for acc in &self.accounts {

@@ -60,6 +60,9 @@ impl Recent {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+    pub(crate) fn handoff_count(&self) -> usize {
+        self.handoffs.len()
+    }
     /// Hand-offs not yet reported on, oldest first.
     pub(crate) fn handoffs(&self) -> Vec<GatewayCommand> {
         let mut v: Vec<_> = self.handoffs.values().collect();

@@ -115,7 +115,16 @@ pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (Sha
     let mut restarted: Vec<AccountId> = engine.open_connections().into_iter().map(|(account, _)| account).collect();
     restarted.dedup();
     let (tx, rx) = mpsc::unbounded_channel();
-    let shard = Shard { index, engine, last_seq, app, rx, records: Vec::new(), gauges: FxHashMap::default() };
+    let shard = Shard {
+        index,
+        engine,
+        last_seq,
+        app,
+        rx,
+        records: Vec::new(),
+        gauges: FxHashMap::default(),
+        handoffs: FxHashMap::default(),
+    };
     let task = tokio::spawn(shard.run(restarted));
     (ShardHandle { index, tx }, task)
 }
@@ -143,6 +152,8 @@ struct Shard {
     rx: mpsc::UnboundedReceiver<ShardMsg>,
     records: Vec<(AccountId, crate::core::history::Record)>,
     gauges: FxHashMap<AccountId, FxHashMap<crate::core::ids::NumberId, QueueGauges>>,
+    /// Per account: the hand-offs gauge and the value it was last set to.
+    handoffs: FxHashMap<AccountId, (metrics::Gauge, Option<usize>)>,
 }
 
 impl Shard {
@@ -374,6 +385,20 @@ impl Shard {
                 g.last = Some((waiting, longest));
                 g.waiting.set(f64::from(waiting));
                 g.longest.set(longest as f64 / 1000.0);
+            }
+        });
+        // Rising when a gateway does not report on what it was handed.
+        let cache = &mut self.handoffs;
+        self.engine.handoff_counts(|account, n| {
+            let (gauge, last) = match cache.get_mut(account) {
+                Some(g) => g,
+                None => cache.entry(account.clone()).or_insert_with(|| {
+                    (metrics::gauge!("ringline_gateway_handoffs", "account" => account.to_string()), None)
+                }),
+            };
+            if *last != Some(n) {
+                *last = Some(n);
+                gauge.set(n as f64);
             }
         });
     }
