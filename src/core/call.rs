@@ -560,16 +560,6 @@ mod tests {
     #[test]
     fn bridges_and_unanswered_dials_are_the_commands_to_send_again() {
         let mut b = bed(&["a", "b"], Duration::ZERO);
-        let unanswered = |b: &Bed| -> Vec<GatewayCommand> {
-            b.engine
-                .unanswered_commands()
-                .into_iter()
-                .map(|o| match o {
-                    Output::Gateway { cmd, .. } => cmd,
-                    other => panic!("{other:?}"),
-                })
-                .collect()
-        };
         ringing_and_accepted(&mut b, "c1", "a");
         b.take();
         assert!(b.agent("b", AgentCommand::CallDial { from: N.into(), to: "+15557770000".into() }).result.is_ok());
@@ -578,14 +568,14 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let GatewayCommand::CallDial { call_id: dialled, .. } = &dial else { unreachable!() };
-        let again = unanswered(&b);
+        let again = b.unanswered_cmds();
         assert_eq!(again.len(), 2, "{again:?}");
         assert!(again.contains(&GatewayCommand::CallBridge { call_id: "c1".into(), agent: "a".into() }));
         assert!(again.contains(&dial), "the dial is sent again as it was: {again:?}");
 
         b.answered(dialled.as_str(), "b");
         b.answered("c1", "a");
-        assert!(unanswered(&b).is_empty(), "answered calls need nothing again");
+        assert!(b.unanswered_cmds().is_empty(), "answered calls need nothing again");
         b.check();
     }
 

@@ -295,7 +295,7 @@ mod tests {
         b.inbound("c1", N);
         b.advance(Duration::from_secs(60));
         assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. })));
-        assert_eq!(b.engine.unanswered_commands().len(), 1, "handed off to voicemail");
+        assert_eq!(b.unanswered_cmds().len(), 1, "handed off to voicemail");
         b.take();
         let vm = GatewayEvent::VoicemailRecorded {
             call_id: "c1".into(),
@@ -303,7 +303,7 @@ mod tests {
             duration_ms: 12_000,
         };
         assert_eq!(b.gw(vm.clone()).result, Ok(Reply::Done));
-        assert!(b.engine.unanswered_commands().is_empty(), "a voicemail shows the gateway had the call");
+        assert!(b.unanswered_cmds().is_empty(), "a voicemail shows the gateway had the call");
         assert!(got(&b, "b", |m| matches!(m, AgentMessage::Voicemail { duration_ms: 12_000, .. })));
         assert!(!got(&b, "o", |m| matches!(m, AgentMessage::Voicemail { .. })));
         assert!(b.records().iter().any(|r| matches!(r, Record::Voicemail(v) if !v.restricted)));
@@ -337,20 +337,10 @@ mod tests {
     fn an_sms_is_handed_off_until_its_status_arrives() {
         let mut b = bed();
         let send = |to: &str| AgentCommand::MessageSend { from: N.into(), to: to.into(), body: "on my way".into() };
-        let again = |b: &Bed| -> Vec<GatewayCommand> {
-            b.engine
-                .unanswered_commands()
-                .into_iter()
-                .filter_map(|o| match o {
-                    crate::core::Output::Gateway { cmd, .. } => Some(cmd),
-                    _ => None,
-                })
-                .collect()
-        };
         assert!(b.agent("a", send("+15557770001")).result.is_ok());
         assert!(b.agent("a", send("+15557770002")).result.is_ok());
         let sent = b.gateway_cmds();
-        assert_eq!(again(&b), sent, "both, oldest first, as they were sent");
+        assert_eq!(b.unanswered_cmds(), sent, "both, oldest first, as they were sent");
         let count = |b: &Bed| {
             let mut n = 0;
             b.engine.handoff_counts(|a, c| {
@@ -364,12 +354,12 @@ mod tests {
         let status = GatewayEvent::MessageStatus { message_id: message_id.clone(), status: DeliveryStatus::Sent };
         let h = b.gw(status);
         assert_eq!((h.result, h.journal), (Ok(Reply::Done), true));
-        assert_eq!(again(&b), sent[1..], "the first is settled");
+        assert_eq!(b.unanswered_cmds(), sent[1..], "the first is settled");
         assert_eq!(count(&b), 1);
         b.check();
         // Never reported: kept as long as its id, then dropped with it.
         b.advance(crate::core::recent::RECENT_WINDOW + Duration::from_secs(1));
-        assert!(again(&b).is_empty());
+        assert!(b.unanswered_cmds().is_empty());
         assert_eq!(count(&b), 0);
         b.check();
     }

@@ -305,7 +305,8 @@ impl Engine {
     }
 
     /// Gateway commands still awaiting an answer (bridges, callback and
-    /// outbound dials), to re-send after a restart or a gateway reconnect.
+    /// outbound dials, hand-offs), to re-send after a restart or a gateway
+    /// reconnect.
     pub fn unanswered_commands(&self) -> Vec<Output> {
         let mut out = Vec::new();
         for acc in &self.accounts {

@@ -232,6 +232,19 @@ impl Bed {
             .collect()
     }
 
+    /// What the shell would send a gateway that connects now
+    /// ([`Engine::unanswered_commands`]).
+    pub fn unanswered_cmds(&self) -> Vec<GatewayCommand> {
+        self.engine
+            .unanswered_commands()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Gateway { cmd, .. } => Some(cmd),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Messages for `user`, sent to it alone or to several users at once.
     pub fn user_msgs(&self, user: &str) -> Vec<AgentMessage> {
         self.out
