@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const N: &str = "+15550100";
+/// How long a message must not come, to say it was not sent.
+const QUIET: Duration = Duration::from_millis(300);
 
 fn cfg() -> String {
     config(&number(N, "ring_all", "", ""))
@@ -134,6 +136,42 @@ async fn accounts_cannot_reach_each_other() {
     assert_eq!(owen.expect("error").await["code"], "not_found");
     a1.send(json!({"type": "offer.accept", "offer_id": offer["offer_id"]})).await;
     a1.expect("offer.won").await;
+    srv.stop().await;
+}
+
+/// Later events carry only the call id, so an id is routed to the account
+/// that holds it: another account's gateway may not take it over (its
+/// events and the engine's commands would then follow the id), and an id
+/// whose call was refused is held by nobody.
+#[tokio::test]
+async fn a_call_id_held_by_another_account_is_refused_and_a_refused_one_is_free() {
+    const OTHER_N: &str = "+15559990000";
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    let mut other_gw =
+        Gateway { c: Client::connect(srv.addr, "/v1/gateway", "gw-other", "json").await.unwrap(), seq: 0 };
+    let mut a1 = srv.agent("a1").await;
+    gw.inbound("c1", N).await;
+    let offer = a1.expect("offer").await;
+    let seq = other_gw.event(json!({"type": "call.inbound", "call_id": "c1", "to": OTHER_N, "from": "+1"})).await;
+    let e = other_gw.c.expect_where("error", |m| m["type"] == "error").await;
+    assert_eq!((e["code"].as_str(), e["seq"].as_u64()), (Some("conflict"), Some(seq)), "{e}");
+    assert!(!e["message"].as_str().unwrap_or("").contains("acme"), "names the other account: {e}");
+    // acme's call is still acme's, carried by acme's gateway.
+    other_gw.event(json!({"type": "call.ended", "call_id": "c1", "reason": "caller_hangup"})).await;
+    assert_eq!(other_gw.expect("error").await["code"], "not_found");
+    a1.send(json!({"type": "offer.accept", "offer_id": offer["offer_id"]})).await;
+    a1.expect("offer.won").await;
+    gw.expect_for("call.bridge", "c1").await;
+    other_gw.c.expect_none("call.bridge", QUIET).await;
+
+    // A refused call.inbound leaves its id to whoever uses it next.
+    let seq = gw.event(json!({"type": "call.inbound", "call_id": "z1", "to": N, "from": "+1", "priority": 12})).await;
+    let e = gw.c.expect_where("error", |m| m["type"] == "error").await;
+    assert_eq!((e["code"].as_str(), e["seq"].as_u64()), (Some("bad_request"), Some(seq)), "{e}");
+    other_gw.acked(json!({"type": "call.inbound", "call_id": "z1", "to": OTHER_N, "from": "+1"})).await;
+    // Routed to "other" (a gateway limited to it gets not_found for anything else).
+    other_gw.acked(json!({"type": "call.ended", "call_id": "z1", "reason": "caller_hangup"})).await;
     srv.stop().await;
 }
 

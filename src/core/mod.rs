@@ -304,6 +304,12 @@ impl Engine {
         out
     }
 
+    /// Whether `account` has, or recently had, the call `call` (the shell
+    /// drops its early binding of a refused new call's id).
+    pub fn knows_call(&self, account: &AccountId, call: &CallId) -> bool {
+        self.account_ix.get(account).is_some_and(|&a| self.accounts[a].knows_call(call))
+    }
+
     /// Gateway commands still awaiting an answer (bridges, callback and
     /// outbound dials, hand-offs), to re-send after a restart or a gateway
     /// reconnect.

@@ -53,6 +53,11 @@ pub struct Directory {
     pub carrier: DashMap<RouteKey, GatewayName>,
 }
 
+/// An id a gateway chose is bound to another account's call or message.
+#[derive(Debug, thiserror::Error)]
+#[error("the id belongs to another call")]
+pub struct IdTaken;
+
 /// The shard of an account among `shards`: a stable hash of its id, the
 /// same in every process, so recovery and serving agree.
 pub fn shard_index(account: &AccountId, shards: usize) -> usize {
@@ -156,8 +161,32 @@ impl Directory {
         self.numbers.remove_if(number, |_, a| a == account);
     }
 
-    pub fn bind(&self, key: RouteKey, account: &AccountId) {
-        self.routes.insert(key, account.clone());
+    /// Binds an id a gateway chose (a new call's `call_id`) to `account`,
+    /// unless another account holds it: ids are the only thing later events
+    /// carry, so taking over another account's binding would hand that
+    /// account's call to this one. `Err` when another account holds it.
+    pub fn bind_new(&self, key: RouteKey, account: &AccountId) -> Result<(), IdTaken> {
+        match self.routes.entry(key) {
+            dashmap::Entry::Occupied(e) if e.get() != account => Err(IdTaken),
+            dashmap::Entry::Occupied(_) => Ok(()),
+            dashmap::Entry::Vacant(e) => {
+                e.insert(account.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops `account`'s binding of `key` and its carrier; a binding held
+    /// by another account stays.
+    pub fn unbind(&self, key: &RouteKey, account: &AccountId) {
+        if self.routes.remove_if(key, |_, a| a == account).is_some() {
+            self.carrier.remove(key);
+        }
+    }
+
+    /// Whether `gateway` may carry `account`'s traffic.
+    pub fn gateway_serves(&self, gateway: &GatewayName, account: &AccountId) -> bool {
+        self.gateways.iter().any(|g| g.name == *gateway && g.accounts.as_ref().is_none_or(|a| a.contains(account)))
     }
 
     pub fn apply(&self, change: &DirectoryChange) {
@@ -165,10 +194,7 @@ impl Directory {
             DirectoryChange::Bind { account, key } => {
                 self.routes.insert(key.clone(), account.clone());
             }
-            DirectoryChange::Unbind { key, .. } => {
-                self.routes.remove(key);
-                self.carrier.remove(key);
-            }
+            DirectoryChange::Unbind { account, key } => self.unbind(key, account),
             DirectoryChange::Number { account, number, present } => {
                 if *present {
                     self.numbers.insert(number.clone(), account.clone());
@@ -252,6 +278,31 @@ mod tests {
         d.apply(&change(Lifecycle::Active, "new-token"));
         assert_eq!(d.authenticate("alice-token"), Err(AuthError::Unknown));
         assert!(d.authenticate("new-token").is_ok());
+    }
+
+    #[test]
+    fn a_call_id_is_bound_to_one_account_and_only_it_unbinds_it() {
+        let d = dir();
+        let key = RouteKey::Call("c1".into());
+        let (acme, globex): (AccountId, AccountId) = ("acme".into(), "globex".into());
+        assert!(d.bind_new(key.clone(), &acme).is_ok());
+        assert!(d.bind_new(key.clone(), &acme).is_ok(), "the same account again");
+        d.carrier.insert(key.clone(), "edge".into());
+        assert!(d.bind_new(key.clone(), &globex).is_err());
+        d.apply(&DirectoryChange::Unbind { account: globex.clone(), key: key.clone() });
+        assert_eq!(d.account_of(&key), Some(acme.clone()), "another account's unbind leaves it");
+        assert!(d.carrier.contains_key(&key));
+        d.unbind(&key, &acme);
+        assert_eq!((d.account_of(&key), d.carrier.contains_key(&key)), (None, false));
+        assert!(d.bind_new(key.clone(), &globex).is_ok(), "free again");
+    }
+
+    #[test]
+    fn a_gateway_serves_only_its_accounts() {
+        let d = dir();
+        assert!(d.gateway_serves(&"edge".into(), &"acme".into()));
+        assert!(!d.gateway_serves(&"edge".into(), &"globex".into()));
+        assert!(!d.gateway_serves(&"elsewhere".into(), &"acme".into()));
     }
 
     #[test]

@@ -127,15 +127,23 @@ async fn run(
         let account = account_of(&app, &frame.event)
             .filter(|a| allowed(a))
             .ok_or_else(|| not_found(what(&frame.event), frame.seq, frame.ref_.clone()))?;
-        if let Some(call) = call_of(&frame.event) {
-            app.dir.carrier.insert(RouteKey::Call(call.clone()), name.clone());
-        }
         // Events about a new call may follow it on this connection before
         // its shard has bound the id: bind it here so they route (the
-        // shard's bind is the same, and an unknown id still gets not_found
-        // from the engine).
-        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event {
-            app.dir.bind(RouteKey::Call(call_id.clone()), &account);
+        // shard's bind is the same; a refused call's binding is dropped by
+        // the shard). An id another account holds is refused before it can
+        // redirect that account's events and commands.
+        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event
+            && app.dir.bind_new(RouteKey::Call(call_id.clone()), &account).is_err()
+        {
+            return Err(WireError {
+                code: ErrorCode::Conflict,
+                message: format!("call_id {call_id} is in use by another call"),
+                ref_: frame.ref_.clone(),
+                seq: Some(frame.seq),
+            });
+        }
+        if let Some(call) = call_of(&frame.event) {
+            app.dir.carrier.insert(RouteKey::Call(call.clone()), name.clone());
         }
         let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
         let origin = Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ };

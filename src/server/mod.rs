@@ -92,7 +92,7 @@ impl App {
         let carrier = key
             .as_ref()
             .and_then(|k| self.dir.carrier.get(k).map(|g| g.value().clone()))
-            .filter(|g| self.dir.gateways_live.contains_key(g));
+            .filter(|g| self.dir.gateways_live.contains_key(g) && self.dir.gateway_serves(g, account));
         let target = carrier
             .or_else(|| self.dir.gateways_for(account).into_iter().find(|g| self.dir.gateways_live.contains_key(g)));
         let Some(name) = target else {

@@ -10,7 +10,7 @@
 use super::App;
 use super::conn::Outbound;
 use crate::core::ids::{AccountId, ConnId};
-use crate::core::{CoreError, Engine, Input, Output, Reply};
+use crate::core::{CoreError, Engine, Input, Output, Reply, RouteKey};
 use crate::protocol::Ref;
 use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::{GatewayCommand, GatewayEvent};
@@ -262,7 +262,10 @@ impl Shard {
     fn route(&mut self, input: Input, born: tokio::time::Instant) -> Routed {
         let now = self.app.clock.now();
         let account = input.account().cloned();
-        let inbound = matches!(&input, Input::Gateway { event: GatewayEvent::CallInbound { .. }, .. });
+        let inbound = match &input {
+            Input::Gateway { event: GatewayEvent::CallInbound { call_id, .. }, .. } => Some(call_id.clone()),
+            _ => None,
+        };
         // Handling consumes the input, so a copy waits for the journal; it
         // is encoded after the softphones' messages are out (a copy is a
         // few small allocations, the encoding several microseconds on a
@@ -275,8 +278,17 @@ impl Shard {
         let mut later = Vec::new();
         let mut rest: VecDeque<Output> = self.engine.drain_outputs().collect();
         let delivered = self.dispatch(&mut rest, born, &mut later, true);
-        if inbound && matches!(h.result, Ok(Reply::Done)) {
-            self.app.hot.inbound_calls.increment(1);
+        if let (Some(call), Some(account)) = (inbound, &account) {
+            match h.result {
+                Ok(Reply::Done) => self.app.hot.inbound_calls.increment(1),
+                // The gateway's reader bound the id before the engine saw
+                // it; a refused call must not keep it (nor let a stream of
+                // refused ids grow the directory).
+                Err(_) if !self.engine.knows_call(account, &call) => {
+                    self.app.dir.unbind(&RouteKey::Call(call), account);
+                }
+                _ => {}
+            }
         }
         let journal = match (h.journal, copy, account) {
             (true, Some(copy), Some(account)) => Some((now, account, copy)),
