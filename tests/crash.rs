@@ -270,6 +270,70 @@ async fn a_damaged_journal_tail_is_dropped_reported_and_the_server_starts() {
     second.kill();
 }
 
+/// Shards are snapshotted one after another, so a snapshot round can end
+/// at different journal positions, and the journal keeps what the lowest
+/// does not cover. A damaged row below the highest one leaves a hole in
+/// the seqs once new entries are numbered past it: the start that drops
+/// the damage must close that hole, or the next start takes it for
+/// damage too and drops everything acknowledged since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_dropped_under_a_snapshot_costs_nothing_acknowledged_later() {
+    let (_dir, cfg_path, data) = fresh_dir();
+    // acme alone: the other shard holds no account.
+    let only_acme = crash_config()
+        .split("\n[[accounts]]\nid = \"other\"")
+        .next()
+        .expect("acme")
+        .replace("[[gateways]]\nname = \"edge-other\"\ntoken = \"gw-other\"\naccounts = [\"other\"]\n", "");
+    assert!(!only_acme.contains("other"), "{only_acme}");
+    std::fs::write(&cfg_path, only_acme).expect("config");
+    let inbound = |i: u32| json!({"type": "call.inbound", "call_id": format!("c{i}"), "to": N, "from": "+15551230001"});
+    // A clean stop: both shards snapshotted, the journal truncated.
+    let mut first = Server::start(&cfg_path, &data);
+    connect_gateway(first.addr).await.acked(inbound(1)).await;
+    let status = Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    assert!(first.wait_exit().success(), "{}", first.log());
+    // Ten more calls, then a crash: ten journal rows after the snapshots.
+    let second = Server::start(&cfg_path, &data);
+    let events: Vec<Value> = (2..=11).map(inbound).collect();
+    stream_until(second.addr, &events, events.len()).await;
+    second.kill();
+
+    // Raise the snapshot of the shard without accounts to the journal's
+    // end (its state is the same there), as a round taken under load
+    // leaves them; then damage the last three rows, below that end.
+    let acme_shard = ringline::server::directory::shard_index(&"acme".into(), 2) as i64;
+    let db = rusqlite::Connection::open(data.join("ringline.db")).expect("open db");
+    let max: i64 = db.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0)).expect("max seq");
+    let raised =
+        db.execute("UPDATE snapshots SET covered_seq = ?1 WHERE shard != ?2", [max, acme_shard]).expect("raise");
+    assert_eq!(raised, 1, "one other shard");
+    // The round's generation is the journal's end once every shard
+    // answered, which may be past the damage too.
+    db.execute("UPDATE snapshots SET generation = ?1", [max + 2]).expect("generation");
+    db.execute("UPDATE journal SET input = zeroblob(length(input)) WHERE seq > ?1", [max - 3]).expect("damage");
+    drop(db);
+
+    let third = Server::start(&cfg_path, &data);
+    assert!(third.log().contains("dropped 3 entries"), "{}", third.log());
+    let mut gw = connect_gateway(third.addr).await;
+    gw.inbound("c20", N).await;
+    gw.inbound("c21", N).await;
+    third.kill();
+
+    let fourth = Server::start(&cfg_path, &data);
+    let log = fourth.log();
+    assert!(!log.contains("journal tail damaged"), "nothing was damaged this time:\n{log}");
+    let mut gw = connect_gateway(fourth.addr).await;
+    // Known calls: re-sending them is a no-op.
+    gw.acked(inbound(20)).await;
+    gw.acked(inbound(21)).await;
+    gw.acked(inbound(8)).await;
+    gw.c.expect_none("call.queued", Duration::from_millis(300)).await;
+    fourth.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_flushes_and_exits_zero() {
     let (_dir, cfg_path, data) = fresh_dir();

@@ -49,6 +49,8 @@ pub enum StartError {
     Snapshot { shard: u32, reason: String },
     #[error("config provisioning refused: {0}")]
     Provisioning(String),
+    #[error("cannot snapshot over the dropped journal tail: {0}")]
+    TailSnapshot(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -350,9 +352,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
 
     // Recovery runs on a blocking thread: it is pure CPU and disk.
     let data_dir = config.data_dir.clone();
-    let Recovery { store, engines, last_seq, .. } = tokio::task::spawn_blocking(move || recover(&data_dir, shards))
-        .await
-        .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
+    let Recovery { store, engines, last_seq, dropped_tail, .. } =
+        tokio::task::spawn_blocking(move || recover(&data_dir, shards))
+            .await
+            .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
     let dir = Directory::new(shards, config.gateways.clone());
     for e in &engines {
         for change in e.directory() {
@@ -388,6 +391,22 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         tasks.push(t);
     }
     let _ = app.shards.set(handles);
+
+    // A dropped tail can leave a hole in the journal's seqs: when some
+    // shard's snapshot covers seqs past the damage, new entries are
+    // numbered after that snapshot, and the next start would take the
+    // hole for damage and drop everything after it. A snapshot of every
+    // shard now, durable before anything new is journaled, covers the
+    // hole and truncates the journal below it.
+    if let Some(mut generation) = dropped_tail {
+        take_snapshot(&app, &mut generation).await.map_err(StartError::TailSnapshot)?;
+        let journal = app.journal.clone();
+        tokio::task::spawn_blocking(move || journal.flush())
+            .await
+            .map_err(|e| StartError::TailSnapshot(e.to_string()))?
+            .map_err(|e| StartError::TailSnapshot(e.to_string()))?;
+        tracing::info!(seq = app.journal.last_seq(), "snapshot written over the dropped tail");
+    }
 
     // The config file's accounts, users and numbers, journaled like any change.
     for input in app.config.provisioning() {
@@ -481,6 +500,10 @@ pub struct Recovery {
     pub last_seq: u64,
     /// Journal entries fed through the engines (after the snapshot).
     pub replayed: u64,
+    /// Set when a damaged journal tail was dropped: the generation of the
+    /// snapshots it was recovered from (0 if none), which the snapshot
+    /// written over the damage must not be older than.
+    pub dropped_tail: Option<u64>,
 }
 
 /// How inputs are encoded in the journal: MessagePack with field names,
@@ -543,7 +566,13 @@ pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, St
         elapsed_ms = started.elapsed().as_millis() as u64,
         "state recovered"
     );
-    Ok(Recovery { store, engines, last_seq: recovered.last_seq, replayed })
+    Ok(Recovery {
+        store,
+        engines,
+        last_seq: recovered.last_seq,
+        replayed,
+        dropped_tail: recovered.dropped.as_ref().map(|_| recovered.snapshot_generation.unwrap_or(0)),
+    })
 }
 
 /// Every `server.snapshot_every` journal entries, snapshot every shard so
