@@ -25,6 +25,9 @@ pub struct Bed {
     pub out: Vec<Output>,
     pub conns: BTreeMap<UserId, Vec<ConnId>>,
     next_conn: u64,
+    /// With [`Bed::journaled`]: every input the engine asked to journal,
+    /// with its time, as a shard would append it.
+    pub journal: Option<Vec<(Instant, AccountId, Input)>>,
 }
 
 impl Default for Bed {
@@ -40,6 +43,16 @@ impl Bed {
     }
 
     pub fn with_account(account: &str, plan: Plan) -> Self {
+        Self::start(account, plan, None)
+    }
+
+    /// Like [`Bed::with_account`], keeping what a shard would journal
+    /// (the account's creation included) in [`Bed::journal`].
+    pub fn journaled(account: &str, plan: Plan) -> Self {
+        Self::start(account, plan, Some(Vec::new()))
+    }
+
+    fn start(account: &str, plan: Plan, journal: Option<Vec<(Instant, AccountId, Input)>>) -> Self {
         let mut bed = Bed {
             engine: Engine::new(),
             now: T0,
@@ -47,6 +60,7 @@ impl Bed {
             out: Vec::new(),
             conns: BTreeMap::new(),
             next_conn: 0,
+            journal,
         };
         bed.add_account(account, plan);
         bed
@@ -62,8 +76,14 @@ impl Bed {
     }
 
     pub fn input(&mut self, input: Input) -> Handled {
+        let copy = self.journal.is_some().then(|| input.clone());
         let h = self.engine.handle(self.now, input);
         self.out.extend(self.engine.drain_outputs());
+        if let (Some(journal), Some(input), true) = (&mut self.journal, copy, h.journal)
+            && let Some(account) = input.account().cloned()
+        {
+            journal.push((self.now, account, input));
+        }
         h
     }
 

@@ -49,8 +49,8 @@ pub enum StartError {
     Snapshot { shard: u32, reason: String },
     #[error("config provisioning refused: {0}")]
     Provisioning(String),
-    #[error("cannot snapshot over the dropped journal tail: {0}")]
-    TailSnapshot(String),
+    #[error("cannot write the start-up snapshot: {0}")]
+    StartSnapshot(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -352,7 +352,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
 
     // Recovery runs on a blocking thread: it is pure CPU and disk.
     let data_dir = config.data_dir.clone();
-    let Recovery { store, engines, last_seq, dropped_tail, .. } =
+    let Recovery { store, engines, last_seq, snapshot_generation, .. } =
         tokio::task::spawn_blocking(move || recover(&data_dir, shards))
             .await
             .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
@@ -392,21 +392,21 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     }
     let _ = app.shards.set(handles);
 
-    // A dropped tail can leave a hole in the journal's seqs: when some
-    // shard's snapshot covers seqs past the damage, new entries are
-    // numbered after that snapshot, and the next start would take the
-    // hole for damage and drop everything after it. A snapshot of every
-    // shard now, durable before anything new is journaled, covers the
-    // hole and truncates the journal below it.
-    if let Some(mut generation) = dropped_tail {
-        take_snapshot(&app, &mut generation).await.map_err(StartError::TailSnapshot)?;
-        let journal = app.journal.clone();
-        tokio::task::spawn_blocking(move || journal.flush())
-            .await
-            .map_err(|e| StartError::TailSnapshot(e.to_string()))?
-            .map_err(|e| StartError::TailSnapshot(e.to_string()))?;
-        tracing::info!(seq = app.journal.last_seq(), "snapshot written over the dropped tail");
-    }
+    // A snapshot of every shard, durable before anything new is journaled
+    // (only the shards' `Restarted` inputs come before it). It records
+    // this run's shard layout, in which the journal after it is written
+    // and will be replayed (see `recover`). And after a dropped damaged
+    // tail it closes the hole that tail can leave in the seqs: a shard's
+    // snapshot may cover seqs past the damage, new entries are numbered
+    // after it, and the next start would take the hole for damage and drop
+    // everything after it.
+    let mut generation = snapshot_generation;
+    take_snapshot(&app, &mut generation).await.map_err(StartError::StartSnapshot)?;
+    let journal = app.journal.clone();
+    tokio::task::spawn_blocking(move || journal.flush())
+        .await
+        .map_err(|e| StartError::StartSnapshot(e.to_string()))?
+        .map_err(|e| StartError::StartSnapshot(e.to_string()))?;
 
     // The config file's accounts, users and numbers, journaled like any change.
     for input in app.config.provisioning() {
@@ -500,10 +500,9 @@ pub struct Recovery {
     pub last_seq: u64,
     /// Journal entries fed through the engines (after the snapshot).
     pub replayed: u64,
-    /// Set when a damaged journal tail was dropped: the generation of the
-    /// snapshots it was recovered from (0 if none), which the snapshot
-    /// written over the damage must not be older than.
-    pub dropped_tail: Option<u64>,
+    /// The generation of the snapshots it was recovered from (0 if none);
+    /// the start's own snapshot must not be older.
+    pub snapshot_generation: u64,
 }
 
 /// How inputs are encoded in the journal: MessagePack with field names,
@@ -533,15 +532,24 @@ pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, St
             d.count
         );
     }
-    let mut engines: Vec<Engine> = (0..shards).map(|_| Engine::new()).collect();
+    // The journal is replayed in the layout it was written in (the
+    // snapshots' shard count; a data dir without snapshots is taken to
+    // have the configured one): each shard's entries through its own
+    // engine, at the times that shard handled them. Shards append
+    // concurrently, so across shards seq order is not time order, and one
+    // engine fed two shards' entries would see time jump ahead for one
+    // account and fire its timers before an input they followed. Accounts
+    // move to a changed shard count afterwards.
+    let layout = recovered.snapshots.iter().map(|r| r.shard as usize + 1).max().unwrap_or(shards);
+    let mut engines: Vec<Engine> = (0..layout).map(|_| Engine::new()).collect();
     let mut covered: rustc_hash::FxHashMap<AccountId, u64> = Default::default();
     for row in &recovered.snapshots {
-        let mut e = Engine::restore(&row.data)
+        let e = Engine::restore(&row.data)
             .map_err(|err| StartError::Snapshot { shard: row.shard, reason: err.to_string() })?;
-        for state in e.take_accounts() {
-            covered.insert(state.id().clone(), row.covered_seq);
-            engines[directory::shard_index(state.id(), shards)].insert_account(state);
+        for id in e.account_ids() {
+            covered.insert(id, row.covered_seq);
         }
+        engines[row.shard as usize] = e;
     }
     // Entries at or below every shard's snapshot are gone (truncated) and
     // reflected in the snapshots. An account no snapshot holds was created
@@ -554,12 +562,22 @@ pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, St
         }
         let input =
             decode_input(&entry.input).map_err(|e| StartError::Replay { seq: entry.seq, reason: e.to_string() })?;
-        let engine = &mut engines[directory::shard_index(&entry.account, shards)];
+        let engine = &mut engines[directory::shard_index(&entry.account, layout)];
         let _ = engine.handle(entry.at, input);
         engine.drain_outputs().for_each(drop);
         replayed += 1;
         Ok::<(), StartError>(())
     })?;
+    if layout != shards {
+        let mut moved: Vec<Engine> = (0..shards).map(|_| Engine::new()).collect();
+        for mut e in engines {
+            for state in e.take_accounts() {
+                moved[directory::shard_index(state.id(), shards)].insert_account(state);
+            }
+        }
+        engines = moved;
+        tracing::info!(from = layout, to = shards, "accounts moved to the configured shard count");
+    }
     tracing::info!(
         snapshot_shards = recovered.snapshots.len(),
         replayed,
@@ -571,7 +589,7 @@ pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, St
         engines,
         last_seq: recovered.last_seq,
         replayed,
-        dropped_tail: recovered.dropped.as_ref().map(|_| recovered.snapshot_generation.unwrap_or(0)),
+        snapshot_generation: recovered.snapshot_generation.unwrap_or(0),
     })
 }
 
@@ -630,4 +648,76 @@ pub async fn take_snapshot(app: &App, generation: &mut u64) -> Result<(), String
     app.journal.snapshot(*generation, rows);
     metrics::counter!("ringline_snapshots_total").increment(1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::settings::{QueueSettings, RoutingSettings, Strategy};
+    use crate::core::team::Plan;
+    use crate::core::testkit::{Bed, T0};
+    use crate::protocol::gateway::GatewayCommand;
+    use crate::store::SnapshotRow;
+    use std::time::Duration;
+
+    /// Two shards append concurrently, so one can journal an input it
+    /// handled at 2.9 s after another shard's input of 3.5 s. Replayed
+    /// through one engine (the shard count lowered), the accept would come
+    /// after its ring timeout and be refused: the call the gateway was told
+    /// to bridge would be back in the queue.
+    #[test]
+    fn the_journal_replays_in_the_shard_layout_that_wrote_it() {
+        let names: Vec<String> = (0..64).map(|i| format!("acct{i}")).collect();
+        let x = names[0].as_str();
+        let y = names
+            .iter()
+            .find(|n| directory::shard_index(&n.as_str().into(), 2) != directory::shard_index(&x.into(), 2))
+            .expect("an account on the other shard");
+
+        let mut bx = Bed::journaled(x, Plan::Pro);
+        bx.agents(&["a1"]);
+        let routing = RoutingSettings {
+            strategy: Strategy::RingInOrder,
+            ring_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        assert!(bx.number("+15550100", &["a1"], routing, QueueSettings::default()).result.is_ok());
+        bx.connect("a1");
+        bx.now = T0 + Duration::from_secs(1);
+        assert!(bx.inbound("c1", "+15550100").result.is_ok());
+        let offer = bx.offer_to("a1");
+        bx.now = T0 + Duration::from_millis(2900);
+        assert!(bx.accept("a1", offer).result.is_ok());
+        let mut xs = bx.journal.take().expect("journaled");
+        let accept = xs.pop().expect("the accept");
+
+        let mut by = Bed::journaled(y, Plan::Pro);
+        by.now = T0 + Duration::from_millis(3500);
+        by.agents(&["b1"]);
+        // Seq order: x's entries, y's (the last at 3.5 s), then x's accept (2.9 s).
+        let entries = xs.into_iter().chain(by.journal.take().expect("journaled")).chain([accept]);
+
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = Store::open(StoreConfig::new(dir.path())).expect("store");
+        let journal = store.journal();
+        let empty = Engine::new().snapshot().expect("encodes");
+        journal.snapshot(1, (0..2).map(|shard| SnapshotRow { shard, covered_seq: 0, data: empty.clone() }).collect());
+        for (at, account, input) in entries {
+            journal.append(at, &account, encode_input(&input).expect("encodes"), Vec::new());
+        }
+        journal.flush().expect("durable");
+        store.close().expect("closes");
+
+        for shards in [2, 1, 3] {
+            let r = recover(dir.path(), shards).expect("recovers");
+            assert_eq!(r.engines.len(), shards);
+            let engine = r.engines.iter().find(|e| e.has_account(&x.into())).expect("x recovered");
+            assert!(r.engines.iter().any(|e| e.has_account(&y.as_str().into())), "y recovered");
+            let bridged = engine.unanswered_commands().into_iter().any(|o| {
+                matches!(o, crate::core::Output::Gateway { cmd: GatewayCommand::CallBridge { ref call_id, .. }, .. } if call_id.as_str() == "c1")
+            });
+            assert!(bridged, "{shards} shards: the accepted call is bridged");
+            r.store.close().expect("closes");
+        }
+    }
 }
