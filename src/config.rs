@@ -158,6 +158,9 @@ pub struct ServerSettings {
     /// No frame at all from a peer for this long means it is dead.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// Softphone connections one user may hold open at once (desktop,
+    /// browser tabs, phone); one more is refused with 429.
+    pub max_connections_per_user: usize,
     /// Engine shards (worker threads), each owning a share of the accounts.
     pub shards: usize,
     /// Journal entries written between two snapshots.
@@ -181,6 +184,7 @@ impl Default for ServerSettings {
             abuse_errors_before_close: 20,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            max_connections_per_user: 10,
             shards: 2,
             snapshot_every: 100_000,
             snapshot_on_stop: true,
@@ -201,6 +205,7 @@ impl ServerSettings {
     pub const MAX_OUTBOUND_QUEUE: usize = 65_536;
     pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
     pub const MAX_SHARDS: usize = 64;
+    pub const MAX_CONNECTIONS_PER_USER: usize = 1000;
 
     /// Checks the limits; the error names the key (`server.<key> ...`).
     pub fn validate(&self) -> Result<(), String> {
@@ -235,6 +240,12 @@ impl ServerSettings {
         }
         if self.idle_timeout <= self.ping_interval {
             return Err("server.idle_timeout must be longer than server.ping_interval".into());
+        }
+        if !(1..=Self::MAX_CONNECTIONS_PER_USER).contains(&self.max_connections_per_user) {
+            return Err(format!(
+                "server.max_connections_per_user must be between 1 and {}",
+                Self::MAX_CONNECTIONS_PER_USER
+            ));
         }
         if !(1..=Self::MAX_SHARDS).contains(&self.shards) {
             return Err(format!("server.shards must be between 1 and {}", Self::MAX_SHARDS));
@@ -1294,6 +1305,8 @@ assigned = ["gina"]
         assert_error(&text, line_with(&text, "shards = 65"), &["server.shards", "between 1 and 64"]);
         let text = format!("{BASE}\n[server]\nshards = 0\n");
         assert_error(&text, line_with(&text, "shards = 0"), &["server.shards"]);
+        let text = format!("{BASE}\n[server]\nmax_connections_per_user = 0\n");
+        assert_error(&text, line_with(&text, "max_connections_per_user"), &["server.max_connections_per_user"]);
         let text = format!("{BASE}\n[server]\nping_interval = \"1m\"\n");
         assert_error(&text, line_with(&text, "ping_interval"), &["server.idle_timeout"]);
         let text = format!("{BASE}\n[billing]\nmin_seats = 0\n");

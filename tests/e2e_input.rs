@@ -176,6 +176,41 @@ async fn a_call_id_held_by_another_account_is_refused_and_a_refused_one_is_free(
 }
 
 #[tokio::test]
+async fn a_user_may_hold_only_so_many_connections() {
+    let srv = TestServer::start(&cfg().replace("[server]\n", "[server]\nmax_connections_per_user = 2\n")).await;
+    let first = srv.agent("a1").await;
+    let _second = srv.agent("a1").await;
+    let third = Client::connect(srv.addr, "/v1/agent", "a1-token", "json").await;
+    assert_eq!(third.err(), Some(429), "a third connection is refused before the upgrade");
+    let _other_user = srv.agent("a2").await;
+    // A closed connection frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Client::connect(srv.addr, "/v1/agent", "a1-token", "json").await {
+            Ok(mut c) => {
+                c.expect("hello").await;
+                break;
+            }
+            Err(429) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(code) => panic!("the freed place was not given back: {code}"),
+        }
+    }
+    // Opened all at once, most pass the check before the upgrade; the
+    // count made as each connection is counted still lets only two stay.
+    let opens = (0..8).map(|_| async {
+        let Ok(mut c) = Client::connect(srv.addr, "/v1/agent", "a3-token", "json").await else { return None };
+        let first = c.next(Duration::from_secs(2)).await;
+        first.filter(|m| m["type"] == "hello").map(|_| c)
+    });
+    let kept: Vec<Client> = futures_util::future::join_all(opens).await.into_iter().flatten().collect();
+    assert!((1..=2).contains(&kept.len()), "{} of 8 simultaneous connections kept", kept.len());
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn floods_are_rate_limited_and_the_connection_survives() {
     let srv = TestServer::start(&cfg()).await;
     let mut a = srv.agent("a1").await;

@@ -38,16 +38,39 @@ pub async fn upgrade(
     if !app.ready.load(std::sync::atomic::Ordering::Acquire) || *app.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
+    let max = app.config.server.max_connections_per_user;
+    if open_connections(&app, &account, &user) >= max {
+        let m = format!("user {user} already has {max} connections open (server.max_connections_per_user)");
+        return (StatusCode::TOO_MANY_REQUESTS, m).into_response();
+    }
     // No tracing span per connection: it would be held (and paid for in
     // memory) for the connection's whole life; the few events name the
     // connection instead.
     super::http::sized(ws, &app.config.server).on_upgrade(move |socket| run(app, socket, account, user, encoding))
 }
 
-async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId, encoding: Encoding) {
+fn open_connections(app: &App, account: &AccountId, user: &UserId) -> usize {
+    app.dir.user_conns.get(&(account.clone(), user.clone())).map_or(0, |v| v.len())
+}
+
+async fn run(app: Arc<App>, mut socket: WebSocket, account: AccountId, user: UserId, encoding: Encoding) {
     let Some(shard) = app.shard_for(&account).cloned() else { return };
     let id = app.next_conn_id();
     let cfg = &app.config.server;
+    // The check before the upgrade lets simultaneous opens through; this
+    // one, made as the connection is counted, does not.
+    let counted = {
+        let mut conns = app.dir.user_conns.entry((account.clone(), user.clone())).or_default();
+        conns.push(id);
+        conns.len()
+    };
+    if counted > cfg.max_connections_per_user {
+        forget(&app, &account, &user, id);
+        let frame =
+            axum::extract::ws::CloseFrame { code: close::POLICY, reason: "too many connections for this user".into() };
+        let _ = socket.send(axum::extract::ws::Message::Close(Some(frame))).await;
+        return;
+    }
     let (handle, rx) = ConnHandle::new(
         id,
         ConnKind::Agent { account: account.clone(), user: user.clone() },
@@ -55,7 +78,6 @@ async fn run(app: Arc<App>, socket: WebSocket, account: AccountId, user: UserId,
         cfg.outbound_queue,
     );
     app.dir.conns.insert(id, handle.clone());
-    app.dir.user_conns.entry((account.clone(), user.clone())).or_default().push(id);
     metrics::gauge!("ringline_connections", "kind" => "agent").increment(1.0);
     tracing::debug!(conn = id.0, %account, %user, "agent connected");
     let connected = shard.call(&app, Input::Connect { account: account.clone(), user: user.clone(), conn: id }).await;
