@@ -161,6 +161,9 @@ pub struct ServerSettings {
     /// Softphone connections one user may hold open at once (desktop,
     /// browser tabs, phone); one more is refused with 429.
     pub max_connections_per_user: usize,
+    /// Clients' events and commands that may wait for one shard; past it
+    /// they are refused with `unavailable` (a gateway sends them again).
+    pub shard_queue: usize,
     /// Engine shards (worker threads), each owning a share of the accounts.
     pub shards: usize,
     /// Journal entries written between two snapshots.
@@ -185,6 +188,7 @@ impl Default for ServerSettings {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             max_connections_per_user: 10,
+            shard_queue: 65_536,
             shards: 2,
             snapshot_every: 100_000,
             snapshot_on_stop: true,
@@ -206,6 +210,7 @@ impl ServerSettings {
     pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
     pub const MAX_SHARDS: usize = 64;
     pub const MAX_CONNECTIONS_PER_USER: usize = 1000;
+    pub const MAX_SHARD_QUEUE: usize = 16 * 1024 * 1024;
 
     /// Checks the limits; the error names the key (`server.<key> ...`).
     pub fn validate(&self) -> Result<(), String> {
@@ -246,6 +251,9 @@ impl ServerSettings {
                 "server.max_connections_per_user must be between 1 and {}",
                 Self::MAX_CONNECTIONS_PER_USER
             ));
+        }
+        if !(1..=Self::MAX_SHARD_QUEUE).contains(&self.shard_queue) {
+            return Err(format!("server.shard_queue must be between 1 and {}", Self::MAX_SHARD_QUEUE));
         }
         if !(1..=Self::MAX_SHARDS).contains(&self.shards) {
             return Err(format!("server.shards must be between 1 and {}", Self::MAX_SHARDS));
@@ -1307,6 +1315,8 @@ assigned = ["gina"]
         assert_error(&text, line_with(&text, "shards = 0"), &["server.shards"]);
         let text = format!("{BASE}\n[server]\nmax_connections_per_user = 0\n");
         assert_error(&text, line_with(&text, "max_connections_per_user"), &["server.max_connections_per_user"]);
+        let text = format!("{BASE}\n[server]\nshard_queue = 0\n");
+        assert_error(&text, line_with(&text, "shard_queue"), &["server.shard_queue"]);
         let text = format!("{BASE}\n[server]\nping_interval = \"1m\"\n");
         assert_error(&text, line_with(&text, "ping_interval"), &["server.idle_timeout"]);
         let text = format!("{BASE}\n[billing]\nmin_seats = 0\n");

@@ -210,6 +210,51 @@ async fn a_user_may_hold_only_so_many_connections() {
     srv.stop().await;
 }
 
+/// Each connection's rate limit bounds one client; `shard_queue` bounds
+/// them all: a shard that falls behind refuses what does not fit with
+/// `unavailable` (not acked, so a gateway sends it again), and those
+/// refusals do not count as the client's abuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_falls_behind_refuses_work_instead_of_queueing_it() {
+    let srv = TestServer::start(&cfg().replace("[server]\n", "[server]\nshard_queue = 4\n")).await;
+    let mut gw = srv.gateway().await;
+    let mut a1 = srv.agent("a1").await;
+    let inbound = |i: u32| json!({"type": "call.inbound", "call_id": format!("c{i}"), "to": N, "from": "+1"});
+    // Hold acme's shard until told (as a long snapshot or a burst would).
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let app = srv.running.as_ref().expect("running").app.clone();
+    let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+    let hold = Box::new(move |_: &ringline::core::Engine| {
+        let _ = wait.recv_timeout(Duration::from_secs(10));
+    });
+    assert!(shard.send(ringline::server::shard::ShardMsg::Query(hold)));
+
+    let mut seqs = Vec::new();
+    for i in 1..=8 {
+        seqs.push(gw.event(inbound(i)).await);
+    }
+    for &seq in &seqs[4..] {
+        let e = gw.c.expect_where("error", |m| m["type"] == "error" && m["seq"] == seq).await;
+        assert_eq!(e["code"], "unavailable", "{e}");
+    }
+    // More refusals than the abuse limit (20): the softphone stays connected.
+    for i in 0..30 {
+        a1.send(json!({"type": "status.set", "status": "available", "ref": format!("r{i}")})).await;
+        let e = a1.expect_where("error", |m| m["type"] == "error").await;
+        assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("unavailable"), Some(format!("r{i}").as_str())));
+    }
+    go.send(()).expect("release");
+    for &seq in &seqs[..4] {
+        gw.c.expect_where("ack", |m| m["type"] == "ack" && m["seq"] == seq).await;
+    }
+    for i in 5..=8 {
+        gw.acked(inbound(i)).await;
+    }
+    a1.send(json!({"type": "status.set", "status": "available", "ref": "after"})).await;
+    a1.expect("ok").await;
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn floods_are_rate_limited_and_the_connection_survives() {
     let srv = TestServer::start(&cfg()).await;

@@ -99,8 +99,12 @@ async fn run(app: Arc<App>, mut socket: WebSocket, account: AccountId, user: Use
     let on_frame = |bytes: &[u8], enc| {
         let (ref_, cmd) = decode_agent(bytes, enc)?;
         let input = Input::Agent { account: account.clone(), conn: id, ref_: ref_.clone(), cmd };
-        shard.input(input, Origin::Agent { conn: id, ref_ });
-        Ok(())
+        shard.try_input(input, Origin::Agent { conn: id, ref_: ref_.clone() }).map_err(|busy| WireError {
+            code: crate::protocol::ErrorCode::Unavailable,
+            message: busy.to_string(),
+            ref_,
+            seq: None,
+        })
     };
     let on_error = |e: WireError| {
         let msg = AgentMessage::Error { ref_: e.ref_, code: e.code, message: e.message };

@@ -407,8 +407,9 @@ pub struct ReadPolicy {
 
 impl ReadPolicy {
     /// Applies the size and rate limits to one frame and hands it to
-    /// `on_frame`; every refusal goes to `on_error` and counts towards the
-    /// abuse limit. Returns false when the connection must be closed.
+    /// `on_frame`; every refusal goes to `on_error` and, unless it is
+    /// `unavailable` (the server is busy), counts towards the abuse limit.
+    /// Returns false when the connection must be closed.
     fn admit(
         &mut self,
         bytes: &[u8],
@@ -433,6 +434,11 @@ impl ReadPolicy {
         };
         match outcome {
             Ok(()) => true,
+            // The server being busy is not the client's fault.
+            Err(e) if e.code == ErrorCode::Unavailable => {
+                on_error(e);
+                true
+            }
             Err(e) => {
                 on_error(e);
                 !self.abuse.hit(now)

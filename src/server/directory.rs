@@ -164,14 +164,16 @@ impl Directory {
     /// Binds an id a gateway chose (a new call's `call_id`) to `account`,
     /// unless another account holds it: ids are the only thing later events
     /// carry, so taking over another account's binding would hand that
-    /// account's call to this one. `Err` when another account holds it.
-    pub fn bind_new(&self, key: RouteKey, account: &AccountId) -> Result<(), IdTaken> {
+    /// account's call to this one. `Ok(true)` if this bound it,
+    /// `Ok(false)` if `account` held it already, `Err` when another account
+    /// holds it.
+    pub fn bind_new(&self, key: RouteKey, account: &AccountId) -> Result<bool, IdTaken> {
         match self.routes.entry(key) {
             dashmap::Entry::Occupied(e) if e.get() != account => Err(IdTaken),
-            dashmap::Entry::Occupied(_) => Ok(()),
+            dashmap::Entry::Occupied(_) => Ok(false),
             dashmap::Entry::Vacant(e) => {
                 e.insert(account.clone());
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -285,8 +287,8 @@ mod tests {
         let d = dir();
         let key = RouteKey::Call("c1".into());
         let (acme, globex): (AccountId, AccountId) = ("acme".into(), "globex".into());
-        assert!(d.bind_new(key.clone(), &acme).is_ok());
-        assert!(d.bind_new(key.clone(), &acme).is_ok(), "the same account again");
+        assert!(matches!(d.bind_new(key.clone(), &acme), Ok(true)));
+        assert!(matches!(d.bind_new(key.clone(), &acme), Ok(false)), "the same account again");
         d.carrier.insert(key.clone(), "edge".into());
         assert!(d.bind_new(key.clone(), &globex).is_err());
         d.apply(&DirectoryChange::Unbind { account: globex.clone(), key: key.clone() });

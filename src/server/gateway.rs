@@ -132,22 +132,35 @@ async fn run(
         // shard's bind is the same; a refused call's binding is dropped by
         // the shard). An id another account holds is refused before it can
         // redirect that account's events and commands.
-        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event
-            && app.dir.bind_new(RouteKey::Call(call_id.clone()), &account).is_err()
-        {
-            return Err(WireError {
-                code: ErrorCode::Conflict,
-                message: format!("call_id {call_id} is in use by another call"),
-                ref_: frame.ref_.clone(),
-                seq: Some(frame.seq),
-            });
+        let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
+        let mut bound = None;
+        if let GatewayEvent::CallInbound { call_id, .. } = &frame.event {
+            let key = RouteKey::Call(call_id.clone());
+            match app.dir.bind_new(key.clone(), &account) {
+                Ok(true) => bound = Some(key),
+                Ok(false) => {}
+                Err(_) => {
+                    return Err(WireError {
+                        code: ErrorCode::Conflict,
+                        message: format!("call_id {call_id} is in use by another call"),
+                        ref_: frame.ref_.clone(),
+                        seq: Some(frame.seq),
+                    });
+                }
+            }
         }
         if let Some(call) = call_of(&frame.event) {
             app.dir.carrier.insert(RouteKey::Call(call.clone()), name.clone());
         }
-        let shard = app.shard_for(&account).ok_or_else(|| not_found("account", frame.seq, frame.ref_.clone()))?;
-        let origin = Origin::Gateway { conn: id, seq: frame.seq, ref_: frame.ref_ };
-        shard.input(Input::Gateway { account, event: frame.event }, origin);
+        let (seq, ref_) = (frame.seq, frame.ref_);
+        let origin = Origin::Gateway { conn: id, seq, ref_: ref_.clone() };
+        if let Err(busy) = shard.try_input(Input::Gateway { account: account.clone(), event: frame.event }, origin) {
+            // Not acked: the gateway sends it again, and binds it again then.
+            if let Some(key) = bound {
+                app.dir.unbind(&key, &account);
+            }
+            return Err(WireError { code: ErrorCode::Unavailable, message: busy.to_string(), ref_, seq: Some(seq) });
+        }
         Ok(())
     };
     let on_error = |e: WireError| {

@@ -18,6 +18,7 @@ use crate::store::SnapshotRow;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// Who sent an input, and so who gets the reply.
@@ -57,6 +58,8 @@ pub enum ShardMsg {
         input: Input,
         origin: Origin,
         born: tokio::time::Instant,
+        /// Counted against the shard's queue limit (a client's frame).
+        counted: bool,
     },
     Query(Query),
     /// Serialize the engine; replies with (last journal seq it reflects, bytes).
@@ -68,15 +71,42 @@ pub enum ShardMsg {
 pub struct ShardHandle {
     pub index: usize,
     tx: mpsc::UnboundedSender<ShardMsg>,
+    /// Clients' frames waiting in `tx`, and how many may.
+    queued: Arc<AtomicUsize>,
+    limit: usize,
 }
+
+/// The shard has `server.shard_queue` clients' inputs waiting already.
+#[derive(Debug, thiserror::Error)]
+#[error("server busy: too many events waiting for this account's shard; send it again")]
+pub struct Busy;
 
 impl ShardHandle {
     pub fn send(&self, msg: ShardMsg) -> bool {
         self.tx.send(msg).is_ok()
     }
 
+    /// Queues an input the server itself must deliver (a connect, a
+    /// disconnect, an admin change): never refused for load.
     pub fn input(&self, input: Input, origin: Origin) -> bool {
-        self.send(ShardMsg::Input { input, origin, born: crate::clock::Clock::tokio_now() })
+        self.send(ShardMsg::Input { input, origin, born: crate::clock::Clock::tokio_now(), counted: false })
+    }
+
+    /// Queues a client's frame unless `limit` of them already wait: each
+    /// connection's rate limit bounds one client, this bounds them all
+    /// together, so a shard that falls behind refuses work (the client
+    /// sends it again) instead of queueing it without end.
+    pub fn try_input(&self, input: Input, origin: Origin) -> Result<(), Busy> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("ringline_refused_busy_total").increment(1);
+            return Err(Busy);
+        }
+        let born = crate::clock::Clock::tokio_now();
+        if !self.send(ShardMsg::Input { input, origin, born, counted: true }) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Submits an input and waits for its result, once durable.
@@ -115,7 +145,10 @@ pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (Sha
     let mut restarted: Vec<AccountId> = engine.open_connections().into_iter().map(|(account, _)| account).collect();
     restarted.dedup();
     let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let limit = app.config.server.shard_queue;
     let shard = Shard {
+        queued: queued.clone(),
         index,
         engine,
         last_seq,
@@ -126,7 +159,7 @@ pub fn spawn(index: usize, engine: Engine, last_seq: u64, app: Arc<App>) -> (Sha
         handoffs: FxHashMap::default(),
     };
     let task = tokio::spawn(shard.run(restarted));
-    (ShardHandle { index, tx }, task)
+    (ShardHandle { index, tx, queued, limit }, task)
 }
 
 /// An input the engine has handled and whose softphone messages are out;
@@ -150,6 +183,8 @@ struct Shard {
     last_seq: u64,
     app: Arc<App>,
     rx: mpsc::UnboundedReceiver<ShardMsg>,
+    /// The handles' count of clients' frames waiting in `rx`.
+    queued: Arc<AtomicUsize>,
     records: Vec<(AccountId, crate::core::history::Record)>,
     gauges: FxHashMap<AccountId, FxHashMap<crate::core::ids::NumberId, QueueGauges>>,
     /// Per account: the hand-offs gauge and the value it was last set to.
@@ -196,7 +231,12 @@ impl Shard {
 
     async fn handle_msg(&mut self, msg: ShardMsg) -> bool {
         match msg {
-            ShardMsg::Input { input, origin, born } => self.process(input, origin, born).await,
+            ShardMsg::Input { input, origin, born, counted } => {
+                if counted {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.process(input, origin, born).await
+            }
             ShardMsg::Query(f) => f(&self.engine),
             ShardMsg::Snapshot(reply) => {
                 // This shard appends its accounts' entries itself, before it
