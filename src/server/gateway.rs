@@ -154,9 +154,10 @@ async fn run(
         }
         let (seq, ref_) = (frame.seq, frame.ref_);
         let origin = Origin::Gateway { conn: id, seq, ref_: ref_.clone() };
-        if let Err(busy) = shard.try_input(Input::Gateway { account: account.clone(), event: frame.event }, origin) {
+        let unbind = bound.map(|key| (key, account.clone()));
+        if let Err(busy) = shard.try_input(Input::Gateway { account, event: frame.event }, origin) {
             // Not acked: the gateway sends it again, and binds it again then.
-            if let Some(key) = bound {
+            if let Some((key, account)) = unbind {
                 app.dir.unbind(&key, &account);
             }
             return Err(WireError { code: ErrorCode::Unavailable, message: busy.to_string(), ref_, seq: Some(seq) });
