@@ -182,3 +182,21 @@ async fn a_graceful_stop_leaves_a_snapshot_and_nothing_to_replay() {
     assert_eq!(a2.accept_next().await["call_id"], "rr2", "round robin goes on after a1");
     srv.stop().await;
 }
+
+/// An admin removes a user the config file assigns to a number; the file
+/// still names it at the next start, which must not refuse to come up.
+#[tokio::test]
+async fn a_user_removed_at_run_time_does_not_stop_the_next_start() {
+    let srv = TestServer::start(&cfg(100)).await;
+    let (status, body) = http_call(srv.addr, "DELETE", "/v1/users/a2", Some("alice-token"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let srv = restart(srv).await;
+    let (status, v) = get_json(srv.addr, &format!("/v1/numbers/%2B{}", &N[1..]), "alice-token").await;
+    assert_eq!(status, 200, "{v}");
+    let names = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    assert!(!names("assigned").contains(&json!("a2")), "{v}");
+    assert_eq!(names("targets"), [json!("a1"), json!("a3")], "{v}");
+    let (status, user) = get_json(srv.addr, "/v1/users/a2", "alice-token").await;
+    assert_eq!((status, &user["status"]), (200, &json!("removed")), "{user}");
+    srv.stop().await;
+}

@@ -364,8 +364,9 @@ impl Account {
                 }
                 self.set_lifecycle(u, lifecycle)
             }
-            AdminCommand::UpsertNumber { number, spec } => {
+            AdminCommand::UpsertNumber { number, mut spec } => {
                 Self::system_only(by)?;
+                self.leave_off_removed(&mut spec);
                 self.upsert_number(number, spec)
             }
             AdminCommand::SetPrices { prices } => {
@@ -698,6 +699,18 @@ impl Account {
                 t.retain(|x| *x != id);
             }
             self.rebuild_number(n, &[u]);
+        }
+    }
+
+    /// The file still names a user an admin removed at run time (removal
+    /// is for good, and the file cannot know about it): provisioning leaves
+    /// that user off the number instead of refusing to start.
+    fn leave_off_removed(&self, spec: &mut NumberSpec) {
+        let kept = |id: &UserId| self.user_named(id).is_none_or(|u| self.user(u).lifecycle != Lifecycle::Removed);
+        spec.assigned.retain(kept);
+        spec.caller_id.retain(kept);
+        if let Some(t) = &mut spec.routing.targets {
+            t.retain(kept);
         }
     }
 

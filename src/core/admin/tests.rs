@@ -1284,3 +1284,26 @@ fn replaying_the_journal_rebuilds_teams_invitations_and_billing() {
     let restored = Engine::restore(&b.engine.snapshot().unwrap()).unwrap();
     assert!(restored.state_bytes() == b.engine.state_bytes(), "snapshot diverged");
 }
+
+#[test]
+fn provisioning_leaves_off_a_user_removed_at_run_time() {
+    let view = |b: &Bed, n: &str| b.engine.view_number(&acme(), &user_actor("adm"), &n.into()).unwrap();
+    let mut b = world(Plan::Pro);
+    done(&b.admin(AdminCommand::UpsertNumber {
+        number: N.into(),
+        spec: spec("File", &["t1", "agt"], Some(&["t1", "agt"])),
+    }));
+    done(&by(&mut b, "adm", AdminCommand::SetLifecycle { user: "t1".into(), lifecycle: Lifecycle::Removed }));
+    // The next start provisions the same file, which still names t1.
+    let mut s = spec("File", &["t1", "agt"], Some(&["t1", "agt"]));
+    s.caller_id = vec!["t1".into()];
+    done(&b.admin(AdminCommand::UpsertNumber { number: N.into(), spec: s }));
+    let v = view(&b, N);
+    assert_eq!(v.targets, [UserId::from("agt")]);
+    assert!(!v.assigned.contains(&UserId::from("t1")) && !v.caller_id.contains(&UserId::from("t1")), "{v:?}");
+    // An API change still may not name a removed user.
+    let patch: NumberPatch = serde_json::from_str(r#"{"assigned": ["t1"]}"#).unwrap();
+    let h = by(&mut b, "adm", AdminCommand::UpdateNumber { number: N.into(), patch: Box::new(patch) });
+    assert_eq!(code(&h), ErrorCode::BadRequest);
+    b.check();
+}
