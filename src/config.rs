@@ -114,12 +114,16 @@ pub struct UserConfig {
     /// [`hash_token`] of the user's token; `None` when the file gives none
     /// (the user then cannot log in with a config token).
     pub token_hash: Option<String>,
+    /// Line of the token in the file, for start-up errors about it.
+    pub token_line: Option<usize>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct NumberConfig {
     pub number: NumberId,
     pub spec: NumberSpec,
+    /// Line of `number = ...` in the file, for start-up errors about it.
+    pub line: usize,
 }
 
 /// How the server writes its log.
@@ -734,6 +738,7 @@ impl Checker<'_> {
                 }
                 _ => {}
             }
+            let token_line = u.token.as_ref().map(|t| self.line(t));
             let token_hash = match &u.token {
                 None => None,
                 Some(t) => {
@@ -747,7 +752,13 @@ impl Checker<'_> {
                     Some(hash_token(t.get_ref()))
                 }
             };
-            users.push(UserConfig { id: UserId::from(id.as_str()), email: email.to_string(), role, token_hash });
+            users.push(UserConfig {
+                id: UserId::from(id.as_str()),
+                email: email.to_string(),
+                role,
+                token_hash,
+                token_line,
+            });
         }
         if owner.is_none() {
             return Err(self
@@ -823,6 +834,7 @@ impl Checker<'_> {
                     routing: n.routing.clone(),
                     queue: n.queue.clone(),
                 },
+                line: self.line(&n.number),
             });
         }
         Ok(AccountConfig { id: AccountId::from(account.as_str()), plan, users, numbers })

@@ -200,3 +200,80 @@ async fn a_user_removed_at_run_time_does_not_stop_the_next_start() {
     assert_eq!((status, &user["status"]), (200, &json!("removed")), "{user}");
     srv.stop().await;
 }
+
+/// Starts on `data` with `text`; the error as printed when it refuses.
+async fn start_err(text: &str, data: &std::path::Path) -> Option<String> {
+    let cfg = ringline::config::parse(text, std::path::Path::new("test.toml")).expect("config parses");
+    let opts = ringline::server::Options {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        data_dir: Some(data.to_owned()),
+    };
+    match ringline::server::start(cfg, opts).await {
+        Ok(running) => {
+            running.shutdown().await;
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// A number another account created through the API is not the file's to
+/// take: the start is refused, naming the line, and nothing moved.
+#[tokio::test]
+async fn the_file_cannot_take_a_number_another_account_created() {
+    const TAKEN: &str = "+15550400";
+    let srv = TestServer::start(&cfg(100)).await;
+    let body = json!({"number": TAKEN, "name": "Owen's new line"}).to_string();
+    let (status, text) =
+        http_call(srv.addr, "POST", "/v1/numbers", Some("owen-token"), Some(("application/json", body))).await;
+    assert_eq!(status, 201, "{text}");
+    let data = srv.stop().await;
+
+    // acme's part of the file lists it too.
+    let theirs = "\n[[accounts]]\nid = \"other\"";
+    let grabbing = cfg(100).replace(theirs, &(number(TAKEN, "ring_all", "", "") + theirs));
+    let line = grabbing.lines().position(|l| l.contains(&format!("number = \"{TAKEN}\""))).expect("line") + 1;
+    let err = start_err(&grabbing, data.path()).await.expect("refused");
+    assert!(err.starts_with(&format!("test.toml:{line}: ")) && err.contains("belongs to account \"other\""), "{err}");
+
+    let srv = TestServer::start_in(&cfg(100), data).await;
+    let (status, v) = get_json(srv.addr, &format!("/v1/numbers/%2B{}", &TAKEN[1..]), "owen-token").await;
+    assert_eq!((status, &v["name"]), (200, &json!("Owen's new line")), "{v}");
+    srv.stop().await;
+}
+
+/// A token stays one user's: a file cannot give another user the token an
+/// earlier file gave someone it no longer gives any; handing it over from
+/// a user the file gives a new token is fine.
+#[tokio::test]
+async fn a_token_cannot_end_up_with_two_users() {
+    let srv = TestServer::start(&cfg(100)).await;
+    let data = srv.stop().await;
+
+    // a1 keeps "a1-token" (the file no longer names a token for a1), and
+    // owen of the other account is given it too.
+    let clash =
+        cfg(100).replace("token = \"a1-token\"\n", "").replace("token = \"owen-token\"", "token = \"a1-token\"");
+    let line = clash.lines().position(|l| l.contains("a1-token")).expect("line") + 1;
+    let err = start_err(&clash, data.path()).await.expect("refused");
+    assert!(err.starts_with(&format!("test.toml:{line}: ")) && err.contains("already used by user \"a1\""), "{err}");
+
+    // Handed over: a1 gets a new token, owen the old one.
+    let swap = cfg(100).replace("a1-token", "a1-new-token").replace("owen-token", "a1-token");
+    let srv = TestServer::start_in(&swap, data).await;
+    let (_, me) = get_json(srv.addr, "/v1/account", "a1-token").await;
+    assert_eq!((&me["you"], &me["id"]), (&json!("owen"), &json!("other")), "{me}");
+    let (_, me) = get_json(srv.addr, "/v1/account", "a1-new-token").await;
+    assert_eq!((&me["you"], &me["id"]), (&json!("a1"), &json!("acme")), "{me}");
+    let data = srv.stop().await;
+
+    // And back: a1 (provisioned first) takes the token owen holds now,
+    // owen gets a new one; owen's update must not take it from a1 again.
+    let back = cfg(100).replace("owen-token", "owen-new-token");
+    let srv = TestServer::start_in(&back, data).await;
+    let (_, me) = get_json(srv.addr, "/v1/account", "a1-token").await;
+    assert_eq!((&me["you"], &me["id"]), (&json!("a1"), &json!("acme")), "{me}");
+    let (_, me) = get_json(srv.addr, "/v1/account", "owen-new-token").await;
+    assert_eq!((&me["you"], &me["id"]), (&json!("owen"), &json!("other")), "{me}");
+    srv.stop().await;
+}

@@ -130,6 +130,11 @@ impl Directory {
         Ok(Identity::User { account: key.0, user: key.1, role: entry.role })
     }
 
+    /// The user a token hash signs in as, if any.
+    pub fn token_holder(&self, hash: &str) -> Option<(AccountId, UserId)> {
+        self.tokens.get(hash).map(|e| e.value().clone())
+    }
+
     pub fn user(&self, account: &AccountId, user: &UserId) -> Option<UserEntry> {
         self.users.get(&(account.clone(), user.clone())).map(|e| e.value().clone())
     }
@@ -201,7 +206,7 @@ impl Directory {
                 if *present {
                     self.numbers.insert(number.clone(), account.clone());
                 } else {
-                    self.numbers.remove(number);
+                    self.numbers.remove_if(number, |_, a| a == account);
                 }
             }
             DirectoryChange::User { account, user, role, lifecycle, token_hash } => {
@@ -213,7 +218,9 @@ impl Directory {
                 if let Some(old_hash) = old.and_then(|o| o.token_hash)
                     && Some(&old_hash) != token_hash.as_ref()
                 {
-                    self.tokens.remove(&old_hash);
+                    // Another user may hold it by now (a file that moved
+                    // a token from one user to another).
+                    self.tokens.remove_if(&old_hash, |_, holder| *holder == key);
                 }
                 if let Some(h) = token_hash {
                     self.tokens.insert(h.clone(), key);

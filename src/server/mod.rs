@@ -49,6 +49,9 @@ pub enum StartError {
     Snapshot { shard: u32, reason: String },
     #[error("config provisioning refused: {0}")]
     Provisioning(String),
+    /// The file conflicts with state created at run time.
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
     #[error("cannot write the start-up snapshot: {0}")]
     StartSnapshot(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -339,6 +342,60 @@ pub async fn app_without_listener(config: Config, data_dir: PathBuf) -> Result<(
     Ok((app, store))
 }
 
+/// What the file would take from another account or user that got it at
+/// run time: the config loader only sees the file, and provisioning would
+/// silently move the number (its calls would ring the wrong team) or give
+/// two users one token (either could sign in as the other).
+fn clashes_with_state(config: &Config, dir: &Directory) -> Result<(), crate::config::ConfigError> {
+    let err =
+        |line: Option<usize>, message: String| crate::config::ConfigError { path: config.path.clone(), line, message };
+    // Users whose token the file sets: a token they held before is theirs
+    // no more, so another user of the file may take it over.
+    let retokened: std::collections::BTreeSet<(AccountId, UserId)> = config
+        .accounts
+        .iter()
+        .flat_map(|a| a.users.iter().filter(|u| u.token_hash.is_some()).map(|u| (a.id.clone(), u.id.clone())))
+        .collect();
+    for a in &config.accounts {
+        for n in &a.numbers {
+            if let Some(other) = dir.account_of_number(&n.number)
+                && other != a.id
+            {
+                return Err(err(
+                    Some(n.line),
+                    format!(
+                        "number {:?} of account {:?} belongs to account {:?} (created through the HTTP API); \
+                         remove it from one of the two",
+                        n.number.as_str(),
+                        a.id.as_str(),
+                        other.as_str()
+                    ),
+                ));
+            }
+        }
+        for u in &a.users {
+            let Some(hash) = &u.token_hash else { continue };
+            if let Some(holder) = dir.token_holder(hash)
+                && holder != (a.id.clone(), u.id.clone())
+                && !retokened.contains(&holder)
+            {
+                return Err(err(
+                    u.token_line,
+                    format!(
+                        "user {:?} of account {:?}: token is already used by user {:?} of account {:?} \
+                         (given by an earlier config file); give one of them another token",
+                        u.id.as_str(),
+                        a.id.as_str(),
+                        holder.1.as_str(),
+                        holder.0.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Recovers state and starts listening. Returns once the server accepts
 /// connections.
 pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartError> {
@@ -409,6 +466,7 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
         .map_err(|e| StartError::StartSnapshot(e.to_string()))?;
 
     // The config file's accounts, users and numbers, journaled like any change.
+    clashes_with_state(&app.config, &app.dir).map_err(StartError::Config)?;
     for input in app.config.provisioning() {
         let Some(account) = input.account().cloned() else { continue };
         let Some(shard) = app.shard_for(&account) else { continue };
