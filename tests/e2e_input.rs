@@ -64,7 +64,11 @@ async fn bad_agent_frames_get_errors_and_the_connection_keeps_working() {
         (Message::Text(r#"{"type":"status.set","status":42,"ref":"r4"}"#.into()), "bad_request", Some("r4")),
         (Message::Text(r#"{"type":"offer.accept","offer_id":"o999","ref":"r5"}"#.into()), "", None),
         (Message::Binary(vec![0xc1, 0x00].into()), "bad_request", None),
-        (Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000)).into()), "bad_request", None),
+        (
+            Message::Text(format!(r#"{{"type":"ping","ref":"r6","pad":"{}"}}"#, "x".repeat(5000)).into()),
+            "bad_request",
+            Some("r6"),
+        ),
     ];
     for (frame, code, ref_) in cases {
         a.send_raw(frame).await;
@@ -100,6 +104,12 @@ async fn bad_gateway_events_get_errors_with_their_seq() {
     check(json!({"type": "call.ended", "call_id": "c1", "reason": "boredom"}), "bad_request").await;
     check(json!({"type": "callback.result", "callback_id": "nope", "outcome": "connected"}), "not_found").await;
     check(json!({"type": "teleport.call"}), "unknown_type").await;
+    // Over the size limit: refused unread, but its seq is echoed.
+    check(
+        json!({"type": "call.ended", "call_id": "c1", "reason": "caller_hangup", "pad": "x".repeat(5000)}),
+        "bad_request",
+    )
+    .await;
     // Missing seq: the error carries none.
     gw.c.send(json!({"type": "call.inbound", "call_id": "c9", "to": N, "from": "+1"})).await;
     let e = gw.expect("error").await;
@@ -264,15 +274,20 @@ async fn floods_are_rate_limited_and_the_connection_survives() {
         a.send(json!({"type": "ping", "ref": format!("p{i}")})).await;
     }
     let (mut pongs, mut limited) = (0, 0);
+    // Each ping is answered once, with a pong or an error that names it
+    // (so a client knows which to send again).
+    let mut answered = std::collections::BTreeSet::new();
     while let Some(m) = a.next(Duration::from_millis(500)).await {
         match m["type"].as_str() {
             Some("pong") => pongs += 1,
             Some("error") if m["code"] == "rate_limited" => limited += 1,
-            Some("status") => {}
+            Some("status") => continue,
             other => panic!("unexpected {other:?}"),
         }
+        assert!(answered.insert(m["ref"].as_str().map(str::to_owned)), "answered twice or without ref: {m}");
     }
     assert!(pongs >= 100 && (5..=10).contains(&limited), "pongs {pongs}, rate_limited {limited}");
+    assert_eq!(answered.len(), 110);
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.send(json!({"type": "ping", "ref": "after"})).await;
     assert_eq!(a.expect("pong").await["ref"], "after");

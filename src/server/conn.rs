@@ -421,14 +421,11 @@ impl ReadPolicy {
         use crate::protocol::ErrorCode;
         let outcome = if bytes.len() > self.max_frame_bytes {
             let message = format!("frame of {} bytes exceeds the limit of {}", bytes.len(), self.max_frame_bytes);
-            Err(WireError { code: ErrorCode::BadRequest, message, ref_: None, seq: None })
+            let (ref_, seq) = super::wire::refused_ids(bytes, enc);
+            Err(WireError { code: ErrorCode::BadRequest, message, ref_, seq })
         } else if !self.rate.allow(now) {
-            Err(WireError {
-                code: ErrorCode::RateLimited,
-                message: "too many messages; slow down".into(),
-                ref_: None,
-                seq: None,
-            })
+            let (ref_, seq) = super::wire::refused_ids(bytes, enc);
+            Err(WireError { code: ErrorCode::RateLimited, message: "too many messages; slow down".into(), ref_, seq })
         } else {
             on_frame(bytes, enc)
         };

@@ -71,6 +71,15 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], enc: Encoding) -> Result<T, String> 
     }
 }
 
+/// The `ref` and `seq` of a frame refused before it was read (too large,
+/// over the rate), so the client knows which one to send again; absent when
+/// they cannot be read.
+pub fn refused_ids(bytes: &[u8], enc: Encoding) -> (Option<Ref>, Option<u64>) {
+    let ref_ = parse::<RefOnly>(bytes, enc).ok().and_then(|r| r.ref_);
+    let seq = parse::<SeqOnly>(bytes, enc).ok().and_then(|s| s.seq);
+    (ref_, seq)
+}
+
 /// Reads what can be read of the envelope, for error replies.
 fn envelope(bytes: &[u8], enc: Encoding, known: &[&str]) -> Result<(Option<Ref>, Option<u64>), WireError> {
     let env: Envelope = parse(bytes, enc).map_err(|e| WireError {
