@@ -488,3 +488,32 @@ async fn health_and_readiness() {
     srv.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stopped accepting");
 }
+
+/// A second device's first message is its `hello`, even when something is
+/// sent to its user between the device's upgrade and the engine seeing
+/// it connect (the `hello` already shows that state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_hears_nothing_before_its_hello() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    a.send(json!({"type": "status.set", "status": "available", "ref": "r0"})).await;
+    a.expect("ok").await;
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let app = srv.running.as_ref().expect("running").app.clone();
+    let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+    let hold = Box::new(move |_: &ringline::core::Engine| {
+        let _ = wait.recv_timeout(Duration::from_secs(10));
+    });
+    assert!(shard.send(ringline::server::shard::ShardMsg::Query(hold)));
+    // Queued before the new device's connect: its `status` goes to a1.
+    a.send(json!({"type": "status.set", "status": "away", "ref": "r1"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut b = Client::connect(srv.addr, "/v1/agent", "a1-token", "json").await.expect("second device");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    go.send(()).expect("release");
+    let first = b.next(WAIT).await.expect("a message");
+    assert_eq!((&first["type"], &first["status"]), (&json!("hello"), &json!("away")), "{first}");
+    b.expect_none("status", Duration::from_millis(300)).await;
+    assert_eq!(a.expect("status").await["status"], "away");
+    srv.stop().await;
+}

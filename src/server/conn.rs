@@ -82,6 +82,10 @@ struct Outbox {
     state: Mutex<OutboxState>,
     wake: Notify,
     cap: usize,
+    /// A softphone's `hello` was queued: from then on it gets what is sent
+    /// to its user. Before that, such messages describe a state its
+    /// `hello` will already show.
+    greeted: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -104,8 +108,19 @@ impl Outbox {
 
 impl ConnHandle {
     pub fn new(id: ConnId, kind: ConnKind, encoding: Encoding, queue: usize) -> (ConnHandle, ConnRx) {
-        let outbox = Arc::new(Outbox { state: Mutex::default(), wake: Notify::new(), cap: queue.max(1) });
+        let greeted = std::sync::atomic::AtomicBool::new(matches!(kind, ConnKind::Gateway { .. }));
+        let outbox = Arc::new(Outbox { state: Mutex::default(), wake: Notify::new(), cap: queue.max(1), greeted });
         (ConnHandle { id, kind, encoding, outbox: outbox.clone() }, ConnRx { outbox })
+    }
+
+    /// The engine's first message to a softphone connection is its
+    /// `hello`; messages to the connection's user reach it after that.
+    pub fn greet(&self) {
+        self.outbox.greeted.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn greeted(&self) -> bool {
+        self.outbox.greeted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Queues a message; a full queue closes the connection. Returns

@@ -166,7 +166,9 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
             for user in users {
                 if let Some(conns) = app.dir.user_conns.get(&(account.clone(), user)) {
                     for id in conns.iter() {
-                        if let Some(c) = app.dir.conns.get(id) {
+                        if let Some(c) = app.dir.conns.get(id)
+                            && c.greeted()
+                        {
                             c.send(Outbound::Agent { msg: msg.clone(), born });
                         }
                     }
@@ -175,6 +177,7 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
         }
         Output::Conn { conn, msg } => {
             if let Some(c) = app.dir.conns.get(&conn) {
+                c.greet();
                 c.send(Outbound::Agent { msg: Arc::new(msg), born });
             }
         }
@@ -202,7 +205,11 @@ pub fn deliver_to_user(
     if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
         let msgs: Vec<Arc<AgentMessage>> = msgs.into_iter().map(Arc::new).collect();
         for id in conns.iter() {
-            if let Some(c) = app.dir.conns.get(id) {
+            // A device registered before the engine saw it connect: its
+            // `hello` (and the offer it rings with) will follow.
+            if let Some(c) = app.dir.conns.get(id)
+                && c.greeted()
+            {
                 c.send_all(msgs.iter().map(|m| Outbound::Agent { msg: m.clone(), born }));
             }
         }
