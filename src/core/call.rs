@@ -110,6 +110,11 @@ impl Account {
             if self.calls.contains_key(&call_id) {
                 return Err(CoreError::conflict(format!("call {call_id} is already connected")));
             }
+            // A callback dial's call id names a call like any other, so the
+            // agent leg of a callback can fail this way too.
+            if let Some(seq) = self.dialling_callback(&call_id) {
+                return self.callback_bridge_failed(seq, call_id, &agent);
+            }
             return self.unknown_call(&call_id);
         };
         let Phase::Connecting { agent: a, .. } = self.entries[&seq].phase else {
@@ -125,6 +130,31 @@ impl Account {
         self.back_to_queue(seq, a);
         self.send_user(a, AgentMessage::CallEnded { call_id });
         self.set_activity(a, Activity::Idle);
+        Ok(Reply::Done)
+    }
+
+    /// The agent leg of callback dial `dial` failed. The customer was not
+    /// the failure, so it is not an attempt: the callback goes back to its
+    /// place at once, as a caller's call would, and the agent is not
+    /// offered it again in this cycle.
+    fn callback_bridge_failed(&mut self, seq: Seq, dial: CallId, agent: &UserId) -> Result<Reply, CoreError> {
+        let Phase::Connecting { agent: a, .. } = self.entries[&seq].phase else {
+            return Ok(Reply::Duplicate);
+        };
+        if self.user(a).id != *agent {
+            return Err(CoreError::conflict(format!(
+                "call {dial} is being bridged to {}, not {agent}",
+                self.user(a).id
+            )));
+        }
+        // The dial is over; its id stays known so that repeats, and the
+        // gateway's `call.ended` for it, are no-ops.
+        self.remember(RecentKey::Call(dial.clone()), None);
+        self.back_to_queue(seq, a);
+        self.send_user(a, AgentMessage::CallEnded { call_id: dial.clone() });
+        if matches!(&self.user(a).activity, Activity::OnCall(c) if *c == dial) {
+            self.set_activity(a, Activity::Idle);
+        }
         Ok(Reply::Done)
     }
 
