@@ -403,6 +403,10 @@ mod tests {
         b.accept("a", o);
         let dial = dial_id(&b);
         b.take();
+        let other =
+            GatewayEvent::CallBridgeFailed { call_id: dial.as_str().into(), agent: "z".into(), reason: "x".into() };
+        assert_eq!(b.gw(other).result, Ok(Reply::Duplicate), "not the agent being bridged: a no-op");
+        assert!(b.out.is_empty(), "{:#?}", b.out);
         let failed =
             GatewayEvent::CallBridgeFailed { call_id: dial.as_str().into(), agent: "a".into(), reason: "busy".into() };
         let h = b.gw(failed.clone());
