@@ -9,7 +9,7 @@ use super::ids::{CallId, CallbackId, NumberId, Phone, UserId, is_e164};
 use super::offer::OfferEnd;
 use super::output::RouteKey;
 use super::queue::{EntryKind, Phase};
-use super::recent::RecentKey;
+use super::recent::{CallTrace, RecentKey};
 use super::time::Instant;
 use super::timers::Timer;
 use super::user::Activity;
@@ -239,10 +239,7 @@ impl Account {
             (_, None, EndReason::Failed) => Outcome::Failed,
             (_, None, _) => Outcome::Missed,
         };
-        let placed_by_outbound_only = c.placed_by.is_some_and(|u| !self.is_assigned(u, n));
-        let restricted = placed_by_outbound_only
-            || c.rung.iter().any(|&u| !self.is_assigned(u, n))
-            || (c.kind != CallKind::Outbound && !self.is_assigned(c.agent, n));
+        let restricted = self.is_restricted(&c);
         let talk_ms = c.answered_at.map_or(0, |a| now.millis_since(a));
         let (id, origin_call, dial_call, attempts) = match &c.callback {
             Some((cb, origin, attempts)) => (cb.to_string(), Some(origin.clone()), Some(c.id.clone()), *attempts),
@@ -288,6 +285,26 @@ impl Account {
         } else {
             self.end_call_for_agent(c.agent, &c.id, std::time::Duration::ZERO);
         }
+    }
+
+    /// Whether the call's record is hidden from the number's assigned users
+    /// (see docs/protocol.md, "Visibility").
+    fn is_restricted(&self, c: &LiveCall) -> bool {
+        let n = c.number;
+        c.placed_by.is_some_and(|u| !self.is_assigned(u, n))
+            || c.rung.iter().any(|&u| !self.is_assigned(u, n))
+            || (c.kind != CallKind::Outbound && !self.is_assigned(c.agent, n))
+    }
+
+    /// For a call still held (waiting, rung, being bridged or connected):
+    /// what a finished call leaves behind, as far as it went so far.
+    pub(crate) fn live_call_trace(&self, call_id: &CallId) -> Option<CallTrace> {
+        if let Some(e) = self.entry_by_call.get(call_id).and_then(|seq| self.entries.get(seq)) {
+            let restricted = e.rung.iter().any(|&u| !self.is_assigned(u, e.number));
+            return Some((e.number, e.from.clone(), restricted));
+        }
+        let c = self.calls.get(call_id)?;
+        Some((c.number, c.from.clone(), self.is_restricted(c)))
     }
 
     /// The agent's call is over: wrap-up if configured, else idle at once.
