@@ -128,3 +128,31 @@ async fn history_filters_pages_and_refuses_bad_requests() {
     assert_eq!(http_call(srv.addr, "GET", "/v1/calls", Some("gw-secret"), None).await.0, 403);
     srv.stop().await;
 }
+
+/// A gateway may report a voicemail before the call's end: it is kept,
+/// announced once, and listed once.
+#[tokio::test]
+async fn a_voicemail_reported_before_the_calls_end_is_kept_once() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    let mut a1 = srv.agent("a1").await;
+    // Nobody can take it (a4 is offline): the caller waits.
+    gw.inbound("early", ONLY_A4).await;
+    gw.expect_for("call.queued", "early").await;
+    let vm = json!({"type": "voicemail.recorded", "call_id": "early", "url": "https://vm.test/early.wav", "duration_ms": 4000});
+    gw.acked(vm.clone()).await;
+    let pushed = a1.expect("voicemail").await;
+    assert_eq!((&pushed["call_id"], &pushed["from"]), (&json!("early"), &json!("+15551230001")));
+    gw.acked(vm.clone()).await;
+    gw.acked(json!({"type": "call.ended", "call_id": "early", "reason": "voicemail_done"})).await;
+    gw.acked(vm).await;
+    let (status, vms) = get_json(srv.addr, "/v1/voicemails", "a1-token").await;
+    assert_eq!(status, 200, "{vms}");
+    let items = vms["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{vms}");
+    assert_eq!((&items[0]["call_id"], &items[0]["url"]), (&json!("early"), &json!("https://vm.test/early.wav")));
+    let (_, calls) = get_json(srv.addr, "/v1/calls", "alice-token").await;
+    assert!(ids(&calls).contains("early"), "{calls}");
+    a1.expect_none("voicemail", std::time::Duration::from_millis(300)).await;
+    srv.stop().await;
+}

@@ -9,7 +9,7 @@ use super::ids::{CallId, CallbackId, NumberId, Phone, UserId, is_e164};
 use super::offer::OfferEnd;
 use super::output::RouteKey;
 use super::queue::{EntryKind, Phase};
-use super::recent::RecentKey;
+use super::recent::{CallTrace, RecentKey};
 use super::time::Instant;
 use super::timers::Timer;
 use super::user::Activity;
@@ -105,27 +105,55 @@ impl Account {
         );
     }
 
+    /// A failure that does not name the bridge in progress (the call is
+    /// back in the queue, connected, or bridged to someone else since) is
+    /// a re-send of one already applied: the gateway re-sends what was not
+    /// acked however things moved on meanwhile, and the contract makes a
+    /// repeat a no-op that is acked again.
     pub(crate) fn on_bridge_failed(&mut self, call_id: CallId, agent: UserId) -> Result<Reply, CoreError> {
         let Some(&seq) = self.entry_by_call.get(&call_id) else {
             if self.calls.contains_key(&call_id) {
-                return Err(CoreError::conflict(format!("call {call_id} is already connected")));
+                return Ok(Reply::Duplicate);
+            }
+            // A callback dial's call id names a call like any other, so the
+            // agent leg of a callback can fail this way too.
+            if let Some(seq) = self.dialling_callback(&call_id) {
+                return Ok(self.callback_bridge_failed(seq, call_id, &agent));
             }
             return self.unknown_call(&call_id);
         };
         let Phase::Connecting { agent: a, .. } = self.entries[&seq].phase else {
-            // Already back in the queue: a repeat of the same failure.
             return Ok(Reply::Duplicate);
         };
         if self.user(a).id != agent {
-            return Err(CoreError::conflict(format!(
-                "call {call_id} is being bridged to {}, not {agent}",
-                self.user(a).id
-            )));
+            return Ok(Reply::Duplicate);
         }
         self.back_to_queue(seq, a);
         self.send_user(a, AgentMessage::CallEnded { call_id });
         self.set_activity(a, Activity::Idle);
         Ok(Reply::Done)
+    }
+
+    /// The agent leg of callback dial `dial` failed. The customer was not
+    /// the failure, so it is not an attempt: the callback goes back to its
+    /// place at once, as a caller's call would, and the agent is not
+    /// offered it again in this cycle.
+    fn callback_bridge_failed(&mut self, seq: Seq, dial: CallId, agent: &UserId) -> Reply {
+        let Phase::Connecting { agent: a, .. } = self.entries[&seq].phase else {
+            return Reply::Duplicate;
+        };
+        if self.user(a).id != *agent {
+            return Reply::Duplicate;
+        }
+        // The dial is over; its id stays known so that repeats, and the
+        // gateway's `call.ended` for it, are no-ops.
+        self.remember(RecentKey::Call(dial.clone()), None);
+        self.back_to_queue(seq, a);
+        self.send_user(a, AgentMessage::CallEnded { call_id: dial.clone() });
+        if matches!(&self.user(a).activity, Activity::OnCall(c) if *c == dial) {
+            self.set_activity(a, Activity::Idle);
+        }
+        Reply::Done
     }
 
     /// A connection attempt failed: the entry goes back to its original
@@ -211,10 +239,7 @@ impl Account {
             (_, None, EndReason::Failed) => Outcome::Failed,
             (_, None, _) => Outcome::Missed,
         };
-        let placed_by_outbound_only = c.placed_by.is_some_and(|u| !self.is_assigned(u, n));
-        let restricted = placed_by_outbound_only
-            || c.rung.iter().any(|&u| !self.is_assigned(u, n))
-            || (c.kind != CallKind::Outbound && !self.is_assigned(c.agent, n));
+        let restricted = self.is_restricted(&c);
         let talk_ms = c.answered_at.map_or(0, |a| now.millis_since(a));
         let (id, origin_call, dial_call, attempts) = match &c.callback {
             Some((cb, origin, attempts)) => (cb.to_string(), Some(origin.clone()), Some(c.id.clone()), *attempts),
@@ -260,6 +285,26 @@ impl Account {
         } else {
             self.end_call_for_agent(c.agent, &c.id, std::time::Duration::ZERO);
         }
+    }
+
+    /// Whether the call's record is hidden from the number's assigned users
+    /// (see docs/protocol.md, "Visibility").
+    fn is_restricted(&self, c: &LiveCall) -> bool {
+        let n = c.number;
+        c.placed_by.is_some_and(|u| !self.is_assigned(u, n))
+            || c.rung.iter().any(|&u| !self.is_assigned(u, n))
+            || (c.kind != CallKind::Outbound && !self.is_assigned(c.agent, n))
+    }
+
+    /// For a call still held (waiting, rung, being bridged or connected):
+    /// what a finished call leaves behind, as far as it went so far.
+    pub(crate) fn live_call_trace(&self, call_id: &CallId) -> Option<CallTrace> {
+        if let Some(e) = self.entry_by_call.get(call_id).and_then(|seq| self.entries.get(seq)) {
+            let restricted = e.rung.iter().any(|&u| !self.is_assigned(u, e.number));
+            return Some((e.number, e.from.clone(), restricted));
+        }
+        let c = self.calls.get(call_id)?;
+        Some((c.number, c.from.clone(), self.is_restricted(c)))
     }
 
     /// The agent's call is over: wrap-up if configured, else idle at once.
@@ -457,6 +502,40 @@ mod tests {
             b.gw(GatewayEvent::CallBridgeFailed { call_id: "c1".into(), agent: "a".into(), reason: "x".into() }).result,
             Ok(Reply::Duplicate)
         );
+        b.check();
+    }
+
+    /// The gateway re-sends what was not acked, however the call moved on
+    /// meanwhile: a failure naming an agent the call is no longer being
+    /// bridged to is a no-op, acked again, while the call is known.
+    #[test]
+    fn a_bridge_failure_re_sent_after_another_agent_took_the_call_is_a_no_op() {
+        use crate::protocol::agent::WantedStatus;
+        let mut b = bed(&["a", "b"], Duration::ZERO);
+        b.agent("b", AgentCommand::StatusSet { status: WantedStatus::Away, reason: None });
+        ringing_and_accepted(&mut b, "c1", "a");
+        // a takes c2 once free, so c1 waits for b.
+        b.inbound("c2", N);
+        let failed = GatewayEvent::CallBridgeFailed { call_id: "c1".into(), agent: "a".into(), reason: "x".into() };
+        assert_eq!(b.gw(failed.clone()).result, Ok(Reply::Done));
+        b.take();
+        b.agent("b", AgentCommand::StatusSet { status: WantedStatus::Available, reason: None });
+        let o = b.offer_to("b");
+        b.accept("b", o);
+        b.take();
+        let before = b.engine.state_bytes();
+        let h = b.gw(failed.clone());
+        assert_eq!((h.result, h.journal), (Ok(Reply::Duplicate), false), "while b's bridge is in progress");
+        assert!(b.out.is_empty(), "{:#?}", b.out);
+        assert!(b.engine.state_bytes() == before, "no state change");
+        assert_eq!(b.status_of("b"), Status::OnCall);
+        assert!(b.unanswered_cmds().contains(&GatewayCommand::CallBridge { call_id: "c1".into(), agent: "b".into() }));
+        b.answered("c1", "b");
+        assert_eq!(b.gw(failed.clone()).result, Ok(Reply::Duplicate), "once connected to b");
+        b.ended("c1", EndReason::AgentHangup);
+        assert_eq!(b.gw(failed).result, Ok(Reply::Duplicate), "once over");
+        let unknown = GatewayEvent::CallBridgeFailed { call_id: "zz".into(), agent: "a".into(), reason: "x".into() };
+        assert_eq!(b.gw(unknown).result.unwrap_err().code, ErrorCode::NotFound);
         b.check();
     }
 

@@ -378,6 +378,66 @@ mod tests {
         b.check();
     }
 
+    fn dial_id(b: &Bed) -> String {
+        b.gateway_cmds()
+            .into_iter()
+            .find_map(|c| match c {
+                GatewayCommand::CallbackDial { call_id, .. } => Some(call_id.to_string()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    /// The dial's call id "goes on like any call": a failed agent leg is a
+    /// bridge failure, not a failed attempt on the customer.
+    #[test]
+    fn a_failed_agent_leg_of_a_callback_dial_puts_it_back_without_using_an_attempt() {
+        let mut b = bed();
+        b.inbound("c1", N);
+        b.inbound("c2", N);
+        let cb = request(&mut b, "c1");
+        b.connect("a");
+        let (o, id) = b.offers_to("a")[0].clone();
+        assert_eq!(id, cb);
+        b.take();
+        b.accept("a", o);
+        let dial = dial_id(&b);
+        b.take();
+        let other =
+            GatewayEvent::CallBridgeFailed { call_id: dial.as_str().into(), agent: "z".into(), reason: "x".into() };
+        assert_eq!(b.gw(other).result, Ok(Reply::Duplicate), "not the agent being bridged: a no-op");
+        assert!(b.out.is_empty(), "{:#?}", b.out);
+        let failed =
+            GatewayEvent::CallBridgeFailed { call_id: dial.as_str().into(), agent: "a".into(), reason: "busy".into() };
+        let h = b.gw(failed.clone());
+        assert_eq!(h.result, Ok(Reply::Done), "{h:?}");
+        assert!(h.journal);
+        assert!(b.user_msgs("a").contains(&AgentMessage::CallEnded { call_id: dial.as_str().into() }));
+        // Back at its place at once (no retry wait), and `a`, who failed it
+        // this cycle, takes the next caller.
+        assert_eq!(order(&b), [cb.as_str(), "c2"]);
+        let (c2, id) = b.offers_to("a").last().cloned().unwrap();
+        assert_eq!(id, "c2");
+        assert!(b.unanswered_cmds().iter().all(|c| !matches!(c, GatewayCommand::CallbackDial { .. })));
+        b.take();
+        assert_eq!(b.gw(failed).result, Ok(Reply::Duplicate), "a repeat is a no-op");
+        assert_eq!(b.ended(&dial, EndReason::Failed).result, Ok(Reply::Duplicate), "the dial is over");
+        b.accept("a", c2);
+        b.answered("c2", "a");
+        b.take();
+        b.ended("c2", EndReason::AgentHangup);
+        // Then the callback again; its first real attempt is attempt 1.
+        let (o, id) = b.offers_to("a").last().cloned().unwrap();
+        assert_eq!(id, cb);
+        b.accept("a", o);
+        let dial = dial_id(&b);
+        b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::Connected });
+        b.ended(&dial, EndReason::AgentHangup);
+        let rec = b.call_record(&cb).unwrap();
+        assert_eq!((rec.outcome, rec.attempts), (Outcome::CallbackCompleted, 1));
+        b.check();
+    }
+
     #[test]
     fn refused_when_off_or_not_waiting() {
         let mut b = Bed::new();

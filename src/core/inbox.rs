@@ -164,8 +164,11 @@ impl Account {
         if url.is_empty() || url.len() > MAX_URL_BYTES {
             return Err(CoreError::bad_request(format!("url must be 1 to {MAX_URL_BYTES} bytes")));
         }
-        let Some((n, from, restricted)) = self.recent.trace(&RecentKey::Call(call_id.clone())).cloned() else {
-            return Err(CoreError::not_found(format!("no recently ended call {call_id}")));
+        // A gateway may report the voicemail before the call's end: taking
+        // it only once the call is over would lose it.
+        let trace = self.recent.trace(&RecentKey::Call(call_id.clone())).cloned();
+        let Some((n, from, restricted)) = trace.or_else(|| self.live_call_trace(&call_id)) else {
+            return Err(CoreError::not_found(format!("no live or recently ended call {call_id}")));
         };
         let now = self.now;
         let number = self.number(n).id.clone();
@@ -311,6 +314,51 @@ mod tests {
         assert_eq!(b.gw(vm).result, Ok(Reply::Duplicate));
         let unknown = GatewayEvent::VoicemailRecorded { call_id: "zz".into(), url: "u".into(), duration_ms: 1 };
         assert!(b.gw(unknown).result.is_err());
+    }
+
+    /// A gateway may report the voicemail before the call's end: it is
+    /// kept and announced then, once, and the call still ends normally.
+    #[test]
+    fn voicemail_before_the_calls_end_is_kept_once() {
+        let mut b = bed();
+        b.agent("t", AgentCommand::StatusSet { status: crate::protocol::agent::WantedStatus::Away, reason: None });
+        let vm = |call: &str| GatewayEvent::VoicemailRecorded {
+            call_id: call.into(),
+            url: format!("https://vm.test/{call}.wav"),
+            duration_ms: 9_000,
+        };
+        let is_vm = |call: &'static str| move |m: &AgentMessage| matches!(m, AgentMessage::Voicemail { call_id, from, .. } if call_id.as_str() == call && from.as_str() == "+15551230001");
+        let vm_records = |b: &Bed, call: &str| {
+            b.records()
+                .iter()
+                .filter(|r| matches!(r, Record::Voicemail(v) if v.call_id.as_str() == call && !v.restricted))
+                .count()
+        };
+        // Still rung (the entry is held).
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        let h = b.gw(vm("c1"));
+        assert_eq!((h.result, h.journal), (Ok(Reply::Done), true));
+        assert!(got(&b, "a", is_vm("c1")) && got(&b, "b", is_vm("c1")));
+        assert!(!got(&b, "o", is_vm("c1")));
+        assert_eq!(b.gw(vm("c1")).result, Ok(Reply::Duplicate));
+        b.ended("c1", EndReason::CallerHangup);
+        assert!(b.call_record("c1").is_some());
+        assert_eq!(b.gw(vm("c1")).result, Ok(Reply::Duplicate), "after the end too");
+        assert_eq!(vm_records(&b, "c1"), 1);
+        // Connected to an agent (say, sent on to voicemail by the agent).
+        b.take();
+        b.inbound("c2", N);
+        let o = b.offer_to("a");
+        b.accept("a", o);
+        b.answered("c2", "a");
+        assert_eq!(b.gw(vm("c2")).result, Ok(Reply::Done));
+        assert!(got(&b, "b", is_vm("c2")));
+        assert_eq!(b.gw(vm("c2")).result, Ok(Reply::Duplicate));
+        b.ended("c2", EndReason::Transferred);
+        assert_eq!(b.gw(vm("c2")).result, Ok(Reply::Duplicate));
+        assert_eq!(vm_records(&b, "c2"), 1);
+        b.check();
     }
 
     #[test]

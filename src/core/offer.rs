@@ -29,6 +29,9 @@ pub(crate) struct Offer {
 /// Why an offer stopped (other than being accepted).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum OfferEnd {
+    /// The user turned it down from one device: the user's devices hear
+    /// `offer.revoked` (`reassigned`), or the others would ring on for a
+    /// call that has already moved on.
     Declined,
     Expired,
     /// The user's last device went away, or the user is being deactivated
@@ -124,8 +127,11 @@ impl Account {
             auto_away = Some(self.number(n).routing.auto_away_after_missed);
         }
         let (lost, revoke) = match why {
-            OfferEnd::Declined | OfferEnd::Withdrawn => (LostReason::TooLate, None),
-            OfferEnd::Released => (LostReason::TooLate, Some(RevokeReason::Reassigned)),
+            OfferEnd::Withdrawn => (LostReason::TooLate, None),
+            // No `declined` reason: a new value could break clients that
+            // reject unknown ones, and `reassigned` already means "this
+            // offer is off, the call went another way".
+            OfferEnd::Declined | OfferEnd::Released => (LostReason::TooLate, Some(RevokeReason::Reassigned)),
             OfferEnd::Expired => (LostReason::TooLate, Some(RevokeReason::Expired)),
             OfferEnd::Revoked(RevokeReason::AnsweredElsewhere) => {
                 (LostReason::AnsweredElsewhere, Some(RevokeReason::AnsweredElsewhere))
@@ -288,6 +294,36 @@ mod tests {
         assert_eq!(b.status_of("a"), Status::Available, "a decline does not count towards auto-away");
         // Declining again is an error, not a crash.
         assert!(b.decline("a", oa).result.is_err());
+        b.check();
+    }
+
+    /// A decline from one device must stop the user's other devices
+    /// ringing: they hear `offer.revoked` like on any other end of the offer.
+    #[test]
+    fn declining_on_one_device_revokes_the_offer_on_all_of_them() {
+        use crate::core::Input;
+        let mut b = bed(Strategy::RingInOrder, &["a", "b"], 0);
+        let desk = b.connect("a");
+        b.take();
+        b.inbound("c1", N);
+        let o = b.offer_to("a");
+        b.take();
+        let h = b.input(Input::Agent {
+            account: b.account.clone(),
+            conn: desk,
+            ref_: None,
+            cmd: AgentCommand::OfferDecline { offer_id: o },
+        });
+        assert!(h.result.is_ok(), "{h:?}");
+        // Addressed to the user, so the shell fans it out to every device.
+        let msgs = b.user_msgs("a");
+        let revoked = AgentMessage::OfferRevoked { offer_id: o, reason: RevokeReason::Reassigned };
+        assert_eq!(msgs.first(), Some(&revoked), "before the status change: {msgs:?}");
+        assert_eq!(msgs.iter().filter(|m| **m == revoked).count(), 1, "{msgs:?}");
+        assert_eq!(b.offered_users(), ["b"]);
+        b.take();
+        b.accept("a", o);
+        assert!(matches!(b.user_msgs("a")[..], [AgentMessage::OfferLost { reason: LostReason::TooLate, .. }]));
         b.check();
     }
 

@@ -228,6 +228,7 @@ impl Account {
             self.overflow(seq, OverflowReason::QueueFull);
             return;
         }
+        let announce = cfg.announce_position;
         let position = self.position(key);
         let (ewt_ms, ewt_known) = self.estimate(n, position);
         let now = self.now;
@@ -237,7 +238,7 @@ impl Account {
         e.announced = Some((now, position));
         if let EntryKind::Call { call_id } = &e.kind {
             let call_id = call_id.clone();
-            self.send_gateway(GatewayCommand::CallQueued { call_id, position, ewt_ms, ewt_known });
+            self.send_gateway(GatewayCommand::CallQueued { call_id, position, ewt_ms, ewt_known, announce });
         }
         self.announce_due(n, now + self.number(n).queue_cfg.announce_every);
         self.mark_stats(n);
@@ -554,6 +555,27 @@ mod tests {
         b.ended("c1", EndReason::CallerHangup);
         b.advance(Duration::from_secs(120));
         assert!(announced(&b).is_empty());
+    }
+
+    /// The gateway must still hold the caller, so `call.queued` goes out,
+    /// but it says not to play position or wait.
+    #[test]
+    fn call_queued_says_not_to_announce_when_switched_off() {
+        let queued = |b: &Bed| {
+            b.gateway_cmds()
+                .into_iter()
+                .filter_map(|c| match c {
+                    GatewayCommand::CallQueued { call_id, announce, .. } => Some((call_id.to_string(), announce)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut b = bed(QueueSettings { announce_position: false, ..Default::default() });
+        b.inbound("c1", N);
+        assert_eq!(queued(&b), [("c1".to_string(), false)]);
+        let mut b = bed(QueueSettings::default());
+        b.inbound("c1", N);
+        assert_eq!(queued(&b), [("c1".to_string(), true)]);
     }
 
     #[test]

@@ -190,6 +190,15 @@ pub enum MonitorMode {
     Barge,
 }
 
+fn yes() -> bool {
+    true
+}
+
+// By reference: that is what serde's `skip_serializing_if` passes.
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// Commands the engine sends to a gateway.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -206,6 +215,12 @@ pub enum GatewayCommand {
         /// Extension: false when no honest estimate exists (too few recent
         /// calls, nobody staffed); the gateway should not announce a wait.
         ewt_known: bool,
+        /// Extension: false when the number has `announce_position` off.
+        /// The caller must still be held, but the gateway plays neither
+        /// position nor wait. Omitted when true, so gateways that predate
+        /// it see the contract's message unchanged.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        announce: bool,
     },
     #[serde(rename = "call.announce")]
     CallAnnounce { call_id: CallId, position: u32, ewt_ms: u64, ewt_known: bool },
@@ -284,6 +299,25 @@ impl From<OverflowReason> for HangupReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_queued_carries_announce_only_when_false() {
+        let queued = |announce| GatewayCommand::CallQueued {
+            call_id: "c1".into(),
+            position: 2,
+            ewt_ms: 0,
+            ewt_known: false,
+            announce,
+        };
+        let on = serde_json::to_value(queued(true)).unwrap();
+        assert_eq!(on.get("announce"), None, "the contract's message, unchanged: {on}");
+        assert_eq!(on["position"], 2);
+        let off = serde_json::to_value(queued(false)).unwrap();
+        assert_eq!((off["type"].as_str(), off["announce"].as_bool()), (Some("call.queued"), Some(false)));
+        assert_eq!(serde_json::from_value::<GatewayCommand>(on).unwrap(), queued(true));
+        let packed = rmp_serde::to_vec_named(&queued(false)).unwrap();
+        assert_eq!(rmp_serde::from_slice::<GatewayCommand>(&packed).unwrap(), queued(false));
+    }
 
     #[test]
     fn frame_parses_with_seq_and_ref() {
