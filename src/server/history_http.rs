@@ -2,9 +2,10 @@
 //! `GET /v1/voicemails`. Visibility is the store's (applied in SQL); the
 //! shell only says who is asking and which numbers it is assigned to now.
 //!
-//! Query parameters: `number`, `since` and `until` (RFC 3339; `since`
-//! inclusive, `until` exclusive), `outcome` (calls), `cursor` (opaque, from
-//! the previous page's `next_cursor`), `limit` (default 50, at most 500).
+//! Query parameters: `number`, `since` and `until` (RFC 3339 with an
+//! offset; `since` inclusive, `until` exclusive), `outcome` (calls),
+//! `cursor` (opaque, from the previous page's `next_cursor`), `limit`
+//! (default 50, at most 500).
 //! Answers are newest first: `{"items": [...], "next_cursor": "..."|null}`.
 
 use super::App;
@@ -20,6 +21,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -39,13 +42,32 @@ pub struct HistoryParams {
     limit: Option<u32>,
 }
 
+/// A full RFC 3339 time with `Z` or a numeric offset, in UTC. Not
+/// humantime: it drops an offset that follows fractional seconds (a
+/// silently shifted window) and refuses any other non-zero one.
 fn time(s: &Option<String>, what: &str) -> Result<Option<Instant>, ApiError> {
-    match s {
-        None => Ok(None),
-        Some(s) => humantime::parse_rfc3339_weak(s)
-            .map(|t| Some(Instant::from_system(t)))
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{what} must be an RFC 3339 time: {e}"))),
-    }
+    let Some(s) = s else { return Ok(None) };
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{what} must be an RFC 3339 time with Z or a \u{b1}hh:mm offset, \
+                 e.g. 2024-05-01T09:30:00Z or 2024-05-01T11:30:00+02:00, not {s:?} ({e}){}",
+                plus_hint(s)
+            ),
+        )
+    })?;
+    // Rounded up to the engine's microseconds: rows are stored in whole
+    // microseconds, so `>= since` and `< until` then hold exactly as asked.
+    // Before the epoch there is no row, so it clamps to 0.
+    let us = u128::try_from(t.unix_timestamp_nanos()).map_or(0, |ns| ns.div_ceil(1000));
+    Ok(Some(Instant::from_micros(u64::try_from(us).unwrap_or(u64::MAX))))
+}
+
+/// In a query string an unencoded `+` arrives as a space: say so, since
+/// the value the client typed looked right.
+fn plus_hint(s: &str) -> &'static str {
+    if s.contains(' ') { "; a + in a query string must be sent as %2B" } else { "" }
 }
 
 fn params(p: Result<Query<HistoryParams>, QueryRejection>) -> Result<HistoryParams, ApiError> {
@@ -249,5 +271,55 @@ impl From<VoicemailRecord> for VoicemailOut {
             duration_ms: v.duration_ms,
             at: Timestamp(v.at),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Result<Option<Instant>, ApiError> {
+        time(&Some(s.to_string()), "since")
+    }
+
+    fn micros(s: &str) -> u64 {
+        at(s).unwrap().unwrap().as_micros()
+    }
+
+    #[test]
+    fn times_with_offsets_are_converted_to_utc() {
+        let utc = micros("2024-05-01T05:00:00Z");
+        assert_eq!(utc, 1_714_539_600_000_000);
+        assert_eq!(micros("2024-05-01T10:00:00+05:00"), utc);
+        assert_eq!(micros("2024-04-30T23:30:00-05:30"), utc);
+        assert_eq!(micros("2024-05-01t05:00:00z"), utc, "RFC 3339 allows lower-case T and Z");
+        assert_eq!(micros("2024-05-01 05:00:00Z"), utc, "and a space for the T");
+        // humantime ignored an offset after fractional seconds.
+        assert_eq!(micros("2024-05-01T10:00:00.5+05:00"), utc + 500_000);
+        assert_eq!(micros("2024-05-01T05:00:00.123456Z"), utc + 123_456);
+        assert_eq!(micros("2024-05-01T05:00:00.0000001Z"), utc + 1, "sub-microseconds round up");
+        assert_eq!(micros("1960-01-01T00:00:00Z"), 0, "before the epoch clamps");
+        assert_eq!(time(&None, "since"), Ok(None));
+    }
+
+    #[test]
+    fn anything_but_rfc3339_with_an_offset_is_refused() {
+        for bad in [
+            "yesterday",
+            "2024-05-01",
+            "2024-05-01T05:00:00",
+            "2024-05-01T05:00Z",
+            "2024-05-01T05:00:00+0500",
+            "2024-05-01T05:00:00 +05:00",
+            "2024-13-01T05:00:00Z",
+            "1714539600",
+        ] {
+            let e = at(bad).unwrap_err();
+            assert_eq!(e.0, ErrorCode::BadRequest, "{bad}");
+            assert!(e.1.starts_with("since must be an RFC 3339 time"), "{bad}: {}", e.1);
+            assert!(e.1.contains(bad), "{bad}: {}", e.1);
+        }
+        let e = at("2024-05-01T10:00:00 05:00").unwrap_err();
+        assert!(e.1.ends_with("a + in a query string must be sent as %2B"), "{}", e.1);
     }
 }
