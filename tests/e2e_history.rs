@@ -128,3 +128,46 @@ async fn history_filters_pages_and_refuses_bad_requests() {
     assert_eq!(http_call(srv.addr, "GET", "/v1/calls", Some("gw-secret"), None).await.0, 403);
     srv.stop().await;
 }
+
+/// `ended_at` (`...Z`) written as the same instant in UTC+05:00, keeping
+/// its fractional seconds.
+fn at_plus_five(ended_at: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(ended_at, &Rfc3339)
+        .expect("RFC 3339")
+        .to_offset(time::UtcOffset::from_hms(5, 0, 0).expect("offset"));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}%2B05:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[tokio::test]
+async fn history_times_with_an_offset_bound_the_window_exactly() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    gw.inbound("c1", N).await;
+    gw.acked(json!({"type": "call.ended", "call_id": "c1", "reason": "caller_hangup"})).await;
+    let (_, body) = get_json(srv.addr, "/v1/calls", "alice-token").await;
+    let ended = body["items"][0]["ended_at"].as_str().expect("ended_at").to_string();
+    let local = at_plus_five(&ended);
+    // `since` is inclusive and `until` exclusive, at the very instant the
+    // call ended, written with fractional seconds and an offset.
+    let (status, body) = get_json(srv.addr, &format!("/v1/calls?since={local}"), "alice-token").await;
+    assert_eq!(status, 200, "{local}: {body}");
+    assert_eq!(ids(&body), BTreeSet::from(["c1".to_string()]), "since={local} (ended {ended})");
+    let (status, body) = get_json(srv.addr, &format!("/v1/calls?until={local}"), "alice-token").await;
+    assert_eq!(status, 200, "{local}: {body}");
+    assert_eq!(body["items"], json!([]), "until={local} (ended {ended})");
+    let (status, body) = get_json(srv.addr, "/v1/calls?since=2024-05-01T05:00:00", "alice-token").await;
+    assert_eq!(status, 400, "a time without an offset names no instant");
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("RFC 3339"), "{body}");
+    srv.stop().await;
+}
