@@ -171,3 +171,35 @@ async fn history_times_with_an_offset_bound_the_window_exactly() {
     assert!(body["error"]["message"].as_str().unwrap().contains("RFC 3339"), "{body}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn history_refuses_filters_that_are_wrong_or_do_not_apply() {
+    let srv = TestServer::start(&cfg()).await;
+    let cases = [
+        ("/v1/calls?outcome=answerd", "outcome must be one of answered, abandoned"),
+        ("/v1/calls?number=+15550100", "must be sent as %2B"),
+        ("/v1/calls?number=15550100", "number must be an E.164 number"),
+        ("/v1/voicemails?number=%2B1555x", "number must be an E.164 number"),
+        ("/v1/voicemails?outcome=missed", "/v1/voicemails does not take the outcome parameter"),
+        (
+            "/v1/numbers/%2B15550100/messages?outcome=missed",
+            "/v1/numbers/{number}/messages does not take the outcome parameter",
+        ),
+        (
+            "/v1/numbers/%2B15550100/messages?number=%2B15550111",
+            "/v1/numbers/{number}/messages does not take the number parameter",
+        ),
+        ("/v1/numbers/sales/messages", "the number in the path must be an E.164 number"),
+    ];
+    for (path, why) in cases {
+        let (status, body) = get_json(srv.addr, path, "alice-token").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    for path in ["/v1/calls?outcome=no_answer&number=%2B15550100", "/v1/voicemails?number=%2B15550100"] {
+        assert_eq!(get_json(srv.addr, path, "alice-token").await.0, 200, "{path}");
+    }
+    srv.stop().await;
+}

@@ -10,8 +10,8 @@
 
 use super::App;
 use super::http::{ApiError, Caller};
-use crate::core::history::{CallRecord, MessageRecord, VoicemailRecord};
-use crate::core::ids::NumberId;
+use crate::core::history::{CallRecord, MessageRecord, Outcome, VoicemailRecord};
+use crate::core::ids::{NumberId, is_e164};
 use crate::core::time::{Instant, Timestamp};
 use crate::protocol::ErrorCode;
 use crate::store::{CallQuery, MessageQuery, MessageView, Page, StoreError, Viewer, VoicemailQuery};
@@ -70,8 +70,44 @@ fn plus_hint(s: &str) -> &'static str {
     if s.contains(' ') { "; a + in a query string must be sent as %2B" } else { "" }
 }
 
-fn params(p: Result<Query<HistoryParams>, QueryRejection>) -> Result<HistoryParams, ApiError> {
-    p.map(|Query(p)| p).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+/// The parameters, refusing any that `endpoint` does not take: a filter
+/// that is silently ignored answers a question the client did not ask.
+fn params(
+    p: Result<Query<HistoryParams>, QueryRejection>,
+    endpoint: &str,
+    takes_number: bool,
+    takes_outcome: bool,
+) -> Result<HistoryParams, ApiError> {
+    let p = p.map(|Query(p)| p).map_err(|e| bad(e.body_text()))?;
+    let given = [("number", p.number.is_some(), takes_number), ("outcome", p.outcome.is_some(), takes_outcome)];
+    if let Some((name, ..)) = given.iter().find(|(_, given, takes)| *given && !*takes) {
+        let mut accepted: Vec<&str> = given.iter().filter(|(.., takes)| *takes).map(|(n, ..)| *n).collect();
+        accepted.extend(["since", "until", "cursor", "limit"]);
+        return Err(bad(format!("{endpoint} does not take the {name} parameter; it takes {}", accepted.join(", "))));
+    }
+    Ok(p)
+}
+
+/// A phone number filter, which must be E.164.
+fn number(n: String, what: &str) -> Result<NumberId, ApiError> {
+    if is_e164(&n) {
+        Ok(NumberId::from(n))
+    } else {
+        Err(bad(format!("{what} must be an E.164 number like +15551230001, not {n:?}{}", plus_hint(&n))))
+    }
+}
+
+/// An outcome filter: one of the names the store records.
+fn outcome(o: String) -> Result<String, ApiError> {
+    if Outcome::NAMES.contains(&o.as_str()) {
+        Ok(o)
+    } else {
+        Err(bad(format!("outcome must be one of {}, not {o:?}", Outcome::NAMES.join(", "))))
+    }
 }
 
 async fn viewer(app: &Arc<App>, caller: &Caller) -> Result<Viewer, ApiError> {
@@ -121,12 +157,12 @@ async fn calls(
     caller: Caller,
     p: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<PageView<CallView>>, ApiError> {
-    let p = params(p)?;
+    let p = params(p, "/v1/calls", true, true)?;
     let q = CallQuery {
-        number: p.number.map(NumberId::from),
+        number: p.number.map(|n| number(n, "number")).transpose()?,
         since: time(&p.since, "since")?,
         until: time(&p.until, "until")?,
-        outcome: p.outcome,
+        outcome: p.outcome.map(outcome).transpose()?,
         cursor: p.cursor,
         limit: p.limit,
     };
@@ -141,7 +177,8 @@ async fn messages(
     Path(number): Path<String>,
     p: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<PageView<MessageOut>>, ApiError> {
-    let p = params(p)?;
+    let number = self::number(number, "the number in the path")?;
+    let p = params(p, "/v1/numbers/{number}/messages", false, false)?;
     let q = MessageQuery {
         since: time(&p.since, "since")?,
         until: time(&p.until, "until")?,
@@ -150,7 +187,6 @@ async fn messages(
     };
     let viewer = viewer(&app, &caller).await?;
     let history = app.history.clone();
-    let number = NumberId::from(number);
     Ok(page(blocking(move || history.messages(&viewer, &number, &q)).await?, MessageOut::from))
 }
 
@@ -159,9 +195,9 @@ async fn voicemails(
     caller: Caller,
     p: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<PageView<VoicemailOut>>, ApiError> {
-    let p = params(p)?;
+    let p = params(p, "/v1/voicemails", true, false)?;
     let q = VoicemailQuery {
-        number: p.number.map(NumberId::from),
+        number: p.number.map(|n| number(n, "number")).transpose()?,
         since: time(&p.since, "since")?,
         until: time(&p.until, "until")?,
         cursor: p.cursor,
@@ -277,6 +313,60 @@ impl From<VoicemailRecord> for VoicemailOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn query(q: &str) -> Result<Query<HistoryParams>, QueryRejection> {
+        let uri: axum::http::Uri = format!("/x?{q}").parse().unwrap();
+        Query::try_from_uri(&uri)
+    }
+
+    #[test]
+    fn outcome_must_be_a_known_one() {
+        for o in Outcome::NAMES {
+            assert_eq!(outcome(o.to_string()), Ok(o.to_string()));
+        }
+        let e = outcome("answerd".into()).unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest);
+        assert!(e.1.contains("\"answerd\""), "{}", e.1);
+        assert!(e.1.contains("answered, abandoned, missed"), "{}", e.1);
+        assert!(e.1.contains("no_answer, failed"), "{}", e.1);
+    }
+
+    #[test]
+    fn number_filters_must_be_e164() {
+        assert_eq!(number("+15550100".into(), "number"), Ok(NumberId::from("+15550100")));
+        for bad in ["15550100", "+1555-0100", "", "+"] {
+            let e = number(bad.into(), "number").unwrap_err();
+            assert_eq!(e.0, ErrorCode::BadRequest, "{bad}");
+            assert!(e.1.starts_with("number must be an E.164 number"), "{}", e.1);
+            assert!(!e.1.contains("%2B"), "{}", e.1);
+        }
+        // `?number=+15550100` decodes to a leading space.
+        let Query(p) = query("number=+15550100").unwrap();
+        let e = number(p.number.unwrap(), "number").unwrap_err();
+        assert!(e.1.contains("\" 15550100\""), "{}", e.1);
+        assert!(e.1.ends_with("a + in a query string must be sent as %2B"), "{}", e.1);
+    }
+
+    #[test]
+    fn parameters_an_endpoint_does_not_take_are_refused() {
+        let calls = |q| params(query(q), "/v1/calls", true, true);
+        let voicemails = |q| params(query(q), "/v1/voicemails", true, false);
+        let messages = |q| params(query(q), "/v1/numbers/{number}/messages", false, false);
+        assert!(calls("number=%2B15550100&outcome=missed&since=x&until=y&cursor=c&limit=5").is_ok());
+        assert!(voicemails("number=%2B15550100&since=x&limit=5").is_ok());
+        assert!(messages("since=x&until=y&cursor=c&limit=5").is_ok());
+        let e = voicemails("outcome=missed").unwrap_err();
+        assert_eq!(e.0, ErrorCode::BadRequest);
+        assert_eq!(
+            e.1,
+            "/v1/voicemails does not take the outcome parameter; it takes number, since, until, cursor, limit"
+        );
+        let e = messages("number=%2B15550100").unwrap_err();
+        assert!(e.1.starts_with("/v1/numbers/{number}/messages does not take the number parameter"), "{}", e.1);
+        assert!(e.1.ends_with("it takes since, until, cursor, limit"), "{}", e.1);
+        assert!(messages("outcome=missed").unwrap_err().1.contains("the outcome parameter"));
+        assert!(calls("colour=red").unwrap_err().1.contains("unknown field `colour`"));
+    }
 
     fn at(s: &str) -> Result<Option<Instant>, ApiError> {
         time(&Some(s.to_string()), "since")
