@@ -403,12 +403,14 @@ async fn bulk_csv_reports_every_row() {
                  bob@acme.test,boss,\n\
                  not-an-email,agent,\n\
                  a1@acme.test,agent,\n\
-                 cat@acme.test,supervisor\n\
+                 cat@acme.test,agent,,+15550100\n\
                  dan@acme.test,admin,+15559990000\n\
-                 eve@acme.test,Agent,\n";
+                 eve@acme.test,Agent,\n\
+                 flo@acme.test,admin\n\
+                 gil@acme.test\n";
     let (s, v) = csv(&srv, "alice-token", mixed).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((&v["invited"], &v["failed"]), (&json!(2), &json!(5)), "{v}");
+    assert_eq!((&v["invited"], &v["failed"]), (&json!(3), &json!(6)), "{v}");
     let rows = v["rows"].as_array().expect("rows");
     let summary: Vec<(u64, bool, String)> = rows
         .iter()
@@ -425,13 +427,18 @@ async fn bulk_csv_reports_every_row() {
         (6, false, "bad_request"),
         (7, false, "not_found"),
         (8, true, ""),
+        (9, true, ""),
+        (10, false, "bad_request"),
     ]
     .into_iter()
     .map(|(l, ok, c)| (l, ok, c.to_string()))
     .collect();
     assert_eq!(summary, want, "{v}");
     assert!(rows[1]["error"]["message"].as_str().expect("why").contains("boss"));
-    assert!(rows[4]["error"]["message"].as_str().expect("why").contains("expected 3 fields"));
+    assert!(rows[4]["error"]["message"].as_str().expect("why").contains("expected at most 3 fields, found 4"));
+    assert!(rows[8]["error"]["message"].as_str().expect("why").contains("expected at least 2 fields"));
+    // The optional trailing phone_number may be left out of a row.
+    assert_eq!((&rows[7]["email"], &rows[7]["user"]["role"]), (&json!("flo@acme.test"), &json!("admin")), "{v}");
     assert!(rows[0]["invite"]["token"].as_str().is_some_and(|t| t.starts_with("rli_")));
     assert_eq!(rows[0]["user"]["assigned"], json!([N]));
     // The good rows are invited; an invitation from the batch works.
