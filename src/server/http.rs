@@ -85,13 +85,7 @@ impl FromRequestParts<Arc<App>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         use crate::protocol::ErrorCode;
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let token = bearer(&parts.headers).unwrap_or_default();
         match app.dir.authenticate(token) {
             Ok(Identity::User { account, user, role }) => {
                 Ok(Caller { account, user, role, token_hash: super::directory::hash_token(token) })
@@ -107,6 +101,15 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// matched in any case (RFC 7235 makes it case-insensitive, and some
+/// clients send `bearer`); the one place every route reads it from.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// `?token=` and `?encoding=` on WebSocket URLs.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Credentials {
@@ -117,12 +120,7 @@ pub struct Credentials {
 impl Credentials {
     /// The bearer token from the header, else from the query string.
     pub fn token<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a str> {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .or(self.token.as_deref())
+        bearer(headers).or(self.token.as_deref())
     }
 
     /// The requested encoding; a 400 message if it is neither.
@@ -168,4 +166,31 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let durable = app.journal.durable();
     metrics::gauge!("ringline_journal_durable_seq").set(durable as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_of(value: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        bearer(&h).map(str::to_string)
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok-1", "bearer tok-1", "BEARER tok-1", "bEaReR  tok-1 "] {
+            assert_eq!(token_of(value).as_deref(), Some("tok-1"), "{value}");
+        }
+        for value in ["Basic dG9rLTE=", "Bearertok-1", "tok-1", "Token tok-1"] {
+            assert_eq!(token_of(value), None, "{value}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+        let creds = Credentials { token: Some("from-query".into()), encoding: None };
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer from-header".parse().unwrap());
+        assert_eq!(creds.token(&h), Some("from-header"));
+        assert_eq!(creds.token(&HeaderMap::new()), Some("from-query"));
+    }
 }
