@@ -526,3 +526,22 @@ async fn journaled_admin_inputs_are_plain_inputs() {
     let back: Input = rmp_serde::from_slice(&bytes).expect("decode");
     assert_eq!(back, input);
 }
+
+#[tokio::test]
+async fn a_path_that_does_not_decode_gets_the_json_error_body() {
+    let srv = TestServer::start(&cfg()).await;
+    let cases = [
+        ("GET", "/v1/users/%FF"),
+        ("POST", "/v1/users/%FF/deactivate"),
+        ("GET", "/v1/numbers/%FF"),
+        ("GET", "/v1/numbers/%FF/messages"),
+    ];
+    for (method, path) in cases {
+        let (status, body) = http_request(srv.addr, method, path, Some("alice-token"), None).await;
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
+        assert_eq!(v["error"]["code"], "bad_request", "{method} {path}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.starts_with("bad path: ")), "{v}");
+    }
+    srv.stop().await;
+}

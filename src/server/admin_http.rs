@@ -10,7 +10,7 @@
 //! `docs/admin-api.md` is the reference; `docs/permissions.md` the matrix.
 
 use super::App;
-use super::http::{Caller, error_response};
+use super::http::{ApiPath, Caller, error_response};
 use super::shard::ShardHandle;
 use super::tokens::{INVITE_TOKEN_PREFIX, USER_TOKEN_PREFIX, new_token};
 use crate::config::hash_token;
@@ -22,8 +22,8 @@ use crate::core::team::{Action, Lifecycle, Plan, Role};
 use crate::core::views::UserView;
 use crate::core::{CoreError, Engine, Input};
 use crate::protocol::ErrorCode;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -165,7 +165,7 @@ async fn list_users(State(app): State<Arc<App>>, caller: Caller) -> Answer {
     Ok(ok(json!({ "users": users })))
 }
 
-async fn get_user(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn get_user(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     let id = UserId::from(id);
     Ok(ok(view(&app, &caller, move |e, a, who| e.view_user(a, who, &id)).await?))
 }
@@ -179,7 +179,7 @@ struct PatchUser {
 async fn patch_user(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     b: Result<Json<PatchUser>, JsonRejection>,
 ) -> Answer {
     let b = body(b)?;
@@ -194,19 +194,19 @@ async fn lifecycle(app: &App, caller: &Caller, id: String, lifecycle: Lifecycle)
     Ok(ok(user_now(app, &caller.account, id).await?))
 }
 
-async fn deactivate(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn deactivate(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Deactivated).await
 }
 
-async fn reactivate(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn reactivate(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Active).await
 }
 
-async fn remove_user(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn remove_user(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Removed).await
 }
 
-async fn resend_invite(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn resend_invite(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     let id = UserId::from(id);
     let token = new_token(INVITE_TOKEN_PREFIX);
     run(&app, &caller, AdminCommand::ResendInvite { user: id.clone(), invite_hash: hash_token(&token) }).await?;
@@ -449,7 +449,7 @@ async fn list_numbers(State(app): State<Arc<App>>, caller: Caller) -> Answer {
     Ok(ok(json!({ "numbers": numbers })))
 }
 
-async fn get_number(State(app): State<Arc<App>>, caller: Caller, Path(n): Path<String>) -> Answer {
+async fn get_number(State(app): State<Arc<App>>, caller: Caller, ApiPath(n): ApiPath<String>) -> Answer {
     let n = NumberId::from(n);
     Ok(ok(view(&app, &caller, move |e, a, who| e.view_number(a, who, &n)).await?))
 }
@@ -502,7 +502,7 @@ async fn create_number(
 async fn patch_number(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(n): Path<String>,
+    ApiPath(n): ApiPath<String>,
     b: Result<Json<NumberPatch>, JsonRejection>,
 ) -> Answer {
     let patch = body(b)?;

@@ -9,14 +9,14 @@
 //! Answers are newest first: `{"items": [...], "next_cursor": "..."|null}`.
 
 use super::App;
-use super::http::{ApiError, Caller};
+use super::http::{ApiError, ApiPath, Caller};
 use crate::core::history::{CallRecord, MessageRecord, Outcome, VoicemailRecord};
 use crate::core::ids::{NumberId, is_e164};
 use crate::core::time::{Instant, Timestamp};
 use crate::protocol::ErrorCode;
 use crate::store::{CallQuery, MessageQuery, MessageView, Page, StoreError, Viewer, VoicemailQuery};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,7 @@ async fn calls(
 async fn messages(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(number): Path<String>,
+    ApiPath(number): ApiPath<String>,
     p: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<PageView<MessageOut>>, ApiError> {
     let number = self::number(number, "the number in the path")?;

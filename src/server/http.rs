@@ -7,13 +7,13 @@ use crate::config::ServerSettings;
 use crate::core::ids::{AccountId, UserId};
 use crate::core::team::Role;
 use axum::Router;
-use axum::extract::FromRequestParts;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -77,6 +77,35 @@ impl From<crate::core::CoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error_response(self.0, self.1)
+    }
+}
+
+/// [`Path`] whose rejection (e.g. `%FF` where a string is expected) is the
+/// API's JSON error body, not axum's plain text, so clients parse every
+/// error of the JSON API the same way.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use crate::protocol::ErrorCode;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => {
+                // Keep axum's status: a route that does not match its
+                // handler's parameters is our fault (500), not the client's.
+                let code = if e.status().is_client_error() { ErrorCode::BadRequest } else { ErrorCode::Unavailable };
+                let mut r = error_response(code, format!("bad path: {}", e.body_text()));
+                *r.status_mut() = e.status();
+                Err(r)
+            }
+        }
     }
 }
 
