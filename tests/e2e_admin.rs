@@ -403,12 +403,14 @@ async fn bulk_csv_reports_every_row() {
                  bob@acme.test,boss,\n\
                  not-an-email,agent,\n\
                  a1@acme.test,agent,\n\
-                 cat@acme.test,supervisor\n\
+                 cat@acme.test,agent,,+15550100\n\
                  dan@acme.test,admin,+15559990000\n\
-                 eve@acme.test,Agent,\n";
+                 eve@acme.test,Agent,\n\
+                 flo@acme.test,admin\n\
+                 gil@acme.test\n";
     let (s, v) = csv(&srv, "alice-token", mixed).await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((&v["invited"], &v["failed"]), (&json!(2), &json!(5)), "{v}");
+    assert_eq!((&v["invited"], &v["failed"]), (&json!(3), &json!(6)), "{v}");
     let rows = v["rows"].as_array().expect("rows");
     let summary: Vec<(u64, bool, String)> = rows
         .iter()
@@ -425,13 +427,18 @@ async fn bulk_csv_reports_every_row() {
         (6, false, "bad_request"),
         (7, false, "not_found"),
         (8, true, ""),
+        (9, true, ""),
+        (10, false, "bad_request"),
     ]
     .into_iter()
     .map(|(l, ok, c)| (l, ok, c.to_string()))
     .collect();
     assert_eq!(summary, want, "{v}");
     assert!(rows[1]["error"]["message"].as_str().expect("why").contains("boss"));
-    assert!(rows[4]["error"]["message"].as_str().expect("why").contains("expected 3 fields"));
+    assert!(rows[4]["error"]["message"].as_str().expect("why").contains("expected at most 3 fields, found 4"));
+    assert!(rows[8]["error"]["message"].as_str().expect("why").contains("expected at least 2 fields"));
+    // The optional trailing phone_number may be left out of a row.
+    assert_eq!((&rows[7]["email"], &rows[7]["user"]["role"]), (&json!("flo@acme.test"), &json!("admin")), "{v}");
     assert!(rows[0]["invite"]["token"].as_str().is_some_and(|t| t.starts_with("rli_")));
     assert_eq!(rows[0]["user"]["assigned"], json!([N]));
     // The good rows are invited; an invitation from the batch works.
@@ -518,4 +525,23 @@ async fn journaled_admin_inputs_are_plain_inputs() {
     let bytes = rmp_serde::to_vec_named(&input).expect("encode");
     let back: Input = rmp_serde::from_slice(&bytes).expect("decode");
     assert_eq!(back, input);
+}
+
+#[tokio::test]
+async fn a_path_that_does_not_decode_gets_the_json_error_body() {
+    let srv = TestServer::start(&cfg()).await;
+    let cases = [
+        ("GET", "/v1/users/%FF"),
+        ("POST", "/v1/users/%FF/deactivate"),
+        ("GET", "/v1/numbers/%FF"),
+        ("GET", "/v1/numbers/%FF/messages"),
+    ];
+    for (method, path) in cases {
+        let (status, body) = http_request(srv.addr, method, path, Some("alice-token"), None).await;
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
+        assert_eq!(v["error"]["code"], "bad_request", "{method} {path}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.starts_with("bad path: ")), "{v}");
+    }
+    srv.stop().await;
 }

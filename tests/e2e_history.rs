@@ -156,3 +156,78 @@ async fn a_voicemail_reported_before_the_calls_end_is_kept_once() {
     a1.expect_none("voicemail", std::time::Duration::from_millis(300)).await;
     srv.stop().await;
 }
+
+/// `ended_at` (`...Z`) written as the same instant in UTC+05:00, keeping
+/// its fractional seconds.
+fn at_plus_five(ended_at: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(ended_at, &Rfc3339)
+        .expect("RFC 3339")
+        .to_offset(time::UtcOffset::from_hms(5, 0, 0).expect("offset"));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}%2B05:00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[tokio::test]
+async fn history_times_with_an_offset_bound_the_window_exactly() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    gw.inbound("c1", N).await;
+    gw.acked(json!({"type": "call.ended", "call_id": "c1", "reason": "caller_hangup"})).await;
+    let (_, body) = get_json(srv.addr, "/v1/calls", "alice-token").await;
+    let ended = body["items"][0]["ended_at"].as_str().expect("ended_at").to_string();
+    let local = at_plus_five(&ended);
+    // `since` is inclusive and `until` exclusive, at the very instant the
+    // call ended, written with fractional seconds and an offset.
+    let (status, body) = get_json(srv.addr, &format!("/v1/calls?since={local}"), "alice-token").await;
+    assert_eq!(status, 200, "{local}: {body}");
+    assert_eq!(ids(&body), BTreeSet::from(["c1".to_string()]), "since={local} (ended {ended})");
+    let (status, body) = get_json(srv.addr, &format!("/v1/calls?until={local}"), "alice-token").await;
+    assert_eq!(status, 200, "{local}: {body}");
+    assert_eq!(body["items"], json!([]), "until={local} (ended {ended})");
+    let (status, body) = get_json(srv.addr, "/v1/calls?since=2024-05-01T05:00:00", "alice-token").await;
+    assert_eq!(status, 400, "a time without an offset names no instant");
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("RFC 3339"), "{body}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn history_refuses_filters_that_are_wrong_or_do_not_apply() {
+    let srv = TestServer::start(&cfg()).await;
+    let cases = [
+        ("/v1/calls?outcome=answerd", "outcome must be one of answered, abandoned"),
+        ("/v1/calls?number=+15550100", "must be sent as %2B"),
+        ("/v1/calls?number=15550100", "number must be an E.164 number"),
+        ("/v1/voicemails?number=%2B1555x", "number must be an E.164 number"),
+        ("/v1/voicemails?outcome=missed", "/v1/voicemails does not take the outcome parameter"),
+        (
+            "/v1/numbers/%2B15550100/messages?outcome=missed",
+            "/v1/numbers/{number}/messages does not take the outcome parameter",
+        ),
+        (
+            "/v1/numbers/%2B15550100/messages?number=%2B15550111",
+            "/v1/numbers/{number}/messages does not take the number parameter",
+        ),
+        ("/v1/numbers/sales/messages", "the number in the path must be an E.164 number"),
+    ];
+    for (path, why) in cases {
+        let (status, body) = get_json(srv.addr, path, "alice-token").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    for path in ["/v1/calls?outcome=no_answer&number=%2B15550100", "/v1/voicemails?number=%2B15550100"] {
+        assert_eq!(get_json(srv.addr, path, "alice-token").await.0, 200, "{path}");
+    }
+    srv.stop().await;
+}

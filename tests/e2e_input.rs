@@ -37,6 +37,34 @@ async fn tokens_are_checked_before_the_upgrade() {
     srv.stop().await;
 }
 
+/// RFC 7235: the auth scheme is case-insensitive, on upgrades and on the
+/// HTTP API alike.
+#[tokio::test]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start(&cfg()).await;
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let mut req = format!("ws://{}/v1/agent", srv.addr).into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("{scheme} a1-token").parse().unwrap());
+        let mut c = Client::connect_request(req, false).await.unwrap_or_else(|s| panic!("{scheme}: upgrade got {s}"));
+        assert_eq!(c.expect("hello").await["user"], "a1", "{scheme}");
+        let mut req = format!("ws://{}/v1/gateway", srv.addr).into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("{scheme} gw-secret").parse().unwrap());
+        Client::connect_request(req, false).await.unwrap_or_else(|s| panic!("{scheme}: gateway upgrade got {s}"));
+        for path in ["/v1/account", "/v1/calls"] {
+            let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {scheme} alice-token\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{scheme} {path}: {answer}");
+        }
+    }
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_deactivated_user_gets_403_and_is_closed() {
     let srv = TestServer::start(&cfg()).await;

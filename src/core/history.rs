@@ -49,6 +49,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every [`Outcome::name`], in declaration order: what a filter on the
+    /// outcome may ask for.
+    pub const NAMES: [&'static str; 11] = [
+        "answered",
+        "abandoned",
+        "missed",
+        "voicemail",
+        "forwarded",
+        "hung_up",
+        "callback_requested",
+        "callback_completed",
+        "callback_failed",
+        "no_answer",
+        "failed",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Answered => "answered",
@@ -136,4 +152,44 @@ pub enum Record {
     Message(MessageRecord),
     MessageStatus { id: MessageId, status: DeliveryStatus, at: Instant },
     Voicemail(VoicemailRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lists_every_outcome_once() {
+        let r = OverflowReason::QueueFull;
+        let all = [
+            Outcome::Answered,
+            Outcome::Abandoned,
+            Outcome::Missed,
+            Outcome::Voicemail { reason: r },
+            Outcome::Forwarded { to: NumberId::from("+15550199"), reason: r },
+            Outcome::HungUp { reason: r },
+            Outcome::CallbackRequested { callback_id: CallbackId::from("cb-1") },
+            Outcome::CallbackCompleted,
+            Outcome::CallbackFailed,
+            Outcome::NoAnswer,
+            Outcome::Failed,
+        ];
+        // A new variant breaks this match, and so this list, until it is added.
+        for o in &all {
+            match o {
+                Outcome::Answered
+                | Outcome::Abandoned
+                | Outcome::Missed
+                | Outcome::Voicemail { .. }
+                | Outcome::Forwarded { .. }
+                | Outcome::HungUp { .. }
+                | Outcome::CallbackRequested { .. }
+                | Outcome::CallbackCompleted
+                | Outcome::CallbackFailed
+                | Outcome::NoAnswer
+                | Outcome::Failed => {}
+            }
+        }
+        assert_eq!(all.map(|o| o.name()), Outcome::NAMES);
+    }
 }

@@ -10,7 +10,7 @@
 //! `docs/admin-api.md` is the reference; `docs/permissions.md` the matrix.
 
 use super::App;
-use super::http::{Caller, error_response};
+use super::http::{ApiPath, Caller, error_response};
 use super::shard::ShardHandle;
 use super::tokens::{INVITE_TOKEN_PREFIX, USER_TOKEN_PREFIX, new_token};
 use crate::config::hash_token;
@@ -22,8 +22,8 @@ use crate::core::team::{Action, Lifecycle, Plan, Role};
 use crate::core::views::UserView;
 use crate::core::{CoreError, Engine, Input};
 use crate::protocol::ErrorCode;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -165,7 +165,7 @@ async fn list_users(State(app): State<Arc<App>>, caller: Caller) -> Answer {
     Ok(ok(json!({ "users": users })))
 }
 
-async fn get_user(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn get_user(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     let id = UserId::from(id);
     Ok(ok(view(&app, &caller, move |e, a, who| e.view_user(a, who, &id)).await?))
 }
@@ -179,7 +179,7 @@ struct PatchUser {
 async fn patch_user(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     b: Result<Json<PatchUser>, JsonRejection>,
 ) -> Answer {
     let b = body(b)?;
@@ -194,19 +194,19 @@ async fn lifecycle(app: &App, caller: &Caller, id: String, lifecycle: Lifecycle)
     Ok(ok(user_now(app, &caller.account, id).await?))
 }
 
-async fn deactivate(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn deactivate(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Deactivated).await
 }
 
-async fn reactivate(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn reactivate(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Active).await
 }
 
-async fn remove_user(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn remove_user(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     lifecycle(&app, &caller, id, Lifecycle::Removed).await
 }
 
-async fn resend_invite(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Answer {
+async fn resend_invite(State(app): State<Arc<App>>, caller: Caller, ApiPath(id): ApiPath<String>) -> Answer {
     let id = UserId::from(id);
     let token = new_token(INVITE_TOKEN_PREFIX);
     run(&app, &caller, AdminCommand::ResendInvite { user: id.clone(), invite_hash: hash_token(&token) }).await?;
@@ -282,7 +282,11 @@ fn line_at(text: &str, at: u64) -> u64 {
 /// Reads `email,role[,phone_number]` CSV. A bad header refuses the whole
 /// upload; a bad row is reported with its line.
 fn parse_csv(text: &str) -> Result<Vec<Row>, String> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    // Flexible: a row may leave out the optional trailing phone_number
+    // even under a header that names it (spreadsheets drop empty trailing
+    // cells). Field counts are then checked per row below.
+    let mut rdr =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
     let headers = rdr.headers().map_err(|e| format!("cannot read the CSV header: {e}"))?.clone();
     let names: Vec<String> = headers.iter().map(str::to_ascii_lowercase).collect();
     let with_number = match names.iter().map(String::as_str).collect::<Vec<_>>()[..] {
@@ -304,12 +308,15 @@ fn parse_csv(text: &str) -> Result<Vec<Row>, String> {
             Ok(r) => {
                 let line = r.position().map_or(0, |p| line_at(text, p.byte()));
                 let email = r.get(0).unwrap_or_default().to_string();
-                let role = r.get(1).unwrap_or_default();
-                let parsed = parse_role(role).map(|role| {
-                    let number =
-                        if with_number { r.get(2).filter(|n| !n.is_empty()).map(NumberId::from) } else { None };
-                    (role, number)
-                });
+                let parsed = match r.len() {
+                    n if n > headers.len() => Err(format!("expected at most {} fields, found {n}", headers.len())),
+                    n if n < 2 => Err(format!("expected at least 2 fields (email,role), found {n}")),
+                    _ => parse_role(r.get(1).unwrap_or_default()).map(|role| {
+                        let number =
+                            if with_number { r.get(2).filter(|n| !n.is_empty()).map(NumberId::from) } else { None };
+                        (role, number)
+                    }),
+                };
                 Row { line, email, parsed }
             }
             Err(e) => {
@@ -442,7 +449,7 @@ async fn list_numbers(State(app): State<Arc<App>>, caller: Caller) -> Answer {
     Ok(ok(json!({ "numbers": numbers })))
 }
 
-async fn get_number(State(app): State<Arc<App>>, caller: Caller, Path(n): Path<String>) -> Answer {
+async fn get_number(State(app): State<Arc<App>>, caller: Caller, ApiPath(n): ApiPath<String>) -> Answer {
     let n = NumberId::from(n);
     Ok(ok(view(&app, &caller, move |e, a, who| e.view_number(a, who, &n)).await?))
 }
@@ -495,7 +502,7 @@ async fn create_number(
 async fn patch_number(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Path(n): Path<String>,
+    ApiPath(n): ApiPath<String>,
     b: Result<Json<NumberPatch>, JsonRejection>,
 ) -> Answer {
     let patch = body(b)?;
@@ -533,7 +540,7 @@ mod tests {
     #[test]
     fn csv_rows_keep_their_lines_and_reasons() {
         let rows = parse_csv(
-            "email,role,phone_number\na@x.io,agent,+15550100\nb@x.io,boss,\n\nc@x.io,admin\nd@x.io,Agent,,extra\n",
+            "email,role,phone_number\na@x.io,agent,+15550100\nb@x.io,boss,\n\nc@x.io,admin\nd@x.io,Agent,,extra\ne@x.io\n",
         )
         .unwrap();
         type Parsed<'a> = Result<(Role, Option<&'a str>), &'a str>;
@@ -550,11 +557,20 @@ mod tests {
         assert_eq!(got[0], (2, "a@x.io", Ok((Role::Agent, Some("+15550100")))));
         assert_eq!(got[1].0, 3);
         assert!(got[1].2.as_ref().unwrap_err().contains("boss"));
-        assert_eq!(got[2].0, 5, "blank lines are skipped but counted");
-        assert!(got[2].2.as_ref().unwrap_err().contains("expected 3 fields, found 2"));
-        assert_eq!(got[3].0, 6);
-        assert!(got[3].2.as_ref().unwrap_err().contains("found 4"));
-        assert_eq!(rows.len(), 4);
+        assert_eq!(got[2], (5, "c@x.io", Ok((Role::Admin, None))), "blank lines are skipped but counted");
+        assert_eq!(got[3], (6, "d@x.io", Err("expected at most 3 fields, found 4")));
+        assert_eq!(got[4], (7, "e@x.io", Err("expected at least 2 fields (email,role), found 1")));
+        assert_eq!(rows.len(), 5);
+    }
+
+    #[test]
+    fn csv_rows_may_omit_only_the_trailing_phone_number() {
+        let rows = parse_csv("email,role,phone_number\nc@x.io,admin\nd@x.io,agent,\ne@x.io,agent,+15550100\n").unwrap();
+        let numbers: Vec<_> = rows.iter().map(|r| r.parsed.as_ref().map(|(_, n)| n.clone())).collect();
+        assert_eq!(numbers, [Ok(None), Ok(None), Ok(Some(NumberId::from("+15550100")))]);
+        // Without the column, a third field is one too many.
+        let rows = parse_csv("email,role\nc@x.io,admin,+15550100\n").unwrap();
+        assert_eq!(rows[0].parsed, Err("expected at most 2 fields, found 3".to_string()));
     }
 
     #[test]

@@ -7,13 +7,13 @@ use crate::config::ServerSettings;
 use crate::core::ids::{AccountId, UserId};
 use crate::core::team::Role;
 use axum::Router;
-use axum::extract::FromRequestParts;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -80,18 +80,41 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// [`Path`] whose rejection (e.g. `%FF` where a string is expected) is the
+/// API's JSON error body, not axum's plain text, so clients parse every
+/// error of the JSON API the same way.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use crate::protocol::ErrorCode;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => {
+                // Keep axum's status: a route that does not match its
+                // handler's parameters is our fault (500), not the client's.
+                let code = if e.status().is_client_error() { ErrorCode::BadRequest } else { ErrorCode::Unavailable };
+                let mut r = error_response(code, format!("bad path: {}", e.body_text()));
+                *r.status_mut() = e.status();
+                Err(r)
+            }
+        }
+    }
+}
+
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         use crate::protocol::ErrorCode;
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let token = bearer(&parts.headers).unwrap_or_default();
         match app.dir.authenticate(token) {
             Ok(Identity::User { account, user, role }) => {
                 Ok(Caller { account, user, role, token_hash: super::directory::hash_token(token) })
@@ -107,6 +130,15 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// matched in any case (RFC 7235 makes it case-insensitive, and some
+/// clients send `bearer`); the one place every route reads it from.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// `?token=` and `?encoding=` on WebSocket URLs.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Credentials {
@@ -117,12 +149,7 @@ pub struct Credentials {
 impl Credentials {
     /// The bearer token from the header, else from the query string.
     pub fn token<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a str> {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .or(self.token.as_deref())
+        bearer(headers).or(self.token.as_deref())
     }
 
     /// The requested encoding; a 400 message if it is neither.
@@ -168,4 +195,31 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let durable = app.journal.durable();
     metrics::gauge!("ringline_journal_durable_seq").set(durable as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_of(value: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        bearer(&h).map(str::to_string)
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok-1", "bearer tok-1", "BEARER tok-1", "bEaReR  tok-1 "] {
+            assert_eq!(token_of(value).as_deref(), Some("tok-1"), "{value}");
+        }
+        for value in ["Basic dG9rLTE=", "Bearertok-1", "tok-1", "Token tok-1"] {
+            assert_eq!(token_of(value), None, "{value}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+        let creds = Credentials { token: Some("from-query".into()), encoding: None };
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer from-header".parse().unwrap());
+        assert_eq!(creds.token(&h), Some("from-header"));
+        assert_eq!(creds.token(&HeaderMap::new()), Some("from-query"));
+    }
 }
