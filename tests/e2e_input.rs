@@ -259,13 +259,7 @@ async fn a_shard_that_falls_behind_refuses_work_instead_of_queueing_it() {
     let mut a1 = srv.agent("a1").await;
     let inbound = |i: u32| json!({"type": "call.inbound", "call_id": format!("c{i}"), "to": N, "from": "+1"});
     // Hold acme's shard until told (as a long snapshot or a burst would).
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let app = srv.running.as_ref().expect("running").app.clone();
-    let shard = app.shard_for(&"acme".into()).expect("shard").clone();
-    let hold = Box::new(move |_: &ringline::core::Engine| {
-        let _ = wait.recv_timeout(Duration::from_secs(10));
-    });
-    assert!(shard.send(ringline::server::shard::ShardMsg::Query(hold)));
+    let go = hold_shard(&srv, "acme");
 
     let mut seqs = Vec::new();
     for i in 1..=8 {
@@ -526,13 +520,7 @@ async fn a_new_device_hears_nothing_before_its_hello() {
     let mut a = srv.agent("a1").await;
     a.send(json!({"type": "status.set", "status": "available", "ref": "r0"})).await;
     a.expect("ok").await;
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let app = srv.running.as_ref().expect("running").app.clone();
-    let shard = app.shard_for(&"acme".into()).expect("shard").clone();
-    let hold = Box::new(move |_: &ringline::core::Engine| {
-        let _ = wait.recv_timeout(Duration::from_secs(10));
-    });
-    assert!(shard.send(ringline::server::shard::ShardMsg::Query(hold)));
+    let go = hold_shard(&srv, "acme");
     // Queued before the new device's connect: its `status` goes to a1.
     a.send(json!({"type": "status.set", "status": "away", "ref": "r1"})).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -544,4 +532,17 @@ async fn a_new_device_hears_nothing_before_its_hello() {
     b.expect_none("status", Duration::from_millis(300)).await;
     assert_eq!(a.expect("status").await["status"], "away");
     srv.stop().await;
+}
+
+/// Stops `account`'s shard until the returned sender is used (or 10 s
+/// pass), so inputs queue behind it.
+fn hold_shard(srv: &TestServer, account: &str) -> std::sync::mpsc::Sender<()> {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let app = srv.running.as_ref().expect("running").app.clone();
+    let shard = app.shard_for(&account.into()).expect("shard").clone();
+    let hold = Box::new(move |_: &ringline::core::Engine| {
+        let _ = wait.recv_timeout(Duration::from_secs(10));
+    });
+    assert!(shard.send(ringline::server::shard::ShardMsg::Query(hold)));
+    go
 }

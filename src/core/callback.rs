@@ -339,17 +339,24 @@ mod tests {
         assert!(b.user_msgs("a").iter().any(|m| matches!(m, AgentMessage::Offer { kind: OfferKind::Callback, callback_id: Some(id), call_id: None, .. } if id.as_str() == cb)));
     }
 
-    #[test]
-    fn failed_attempts_retry_later_at_the_same_place_then_fail_for_good() {
-        let mut b = bed();
+    /// c1 asks for a callback, c2 waits behind it; `a` comes online and
+    /// accepts the callback. Returns its id.
+    fn first_callback_accepted(b: &mut Bed) -> String {
         b.inbound("c1", N);
         b.inbound("c2", N);
-        let cb = request(&mut b, "c1");
+        let cb = request(b, "c1");
         b.connect("a");
         let (o, id) = b.offers_to("a")[0].clone();
         assert_eq!(id, cb);
         b.take();
         b.accept("a", o);
+        cb
+    }
+
+    #[test]
+    fn failed_attempts_retry_later_at_the_same_place_then_fail_for_good() {
+        let mut b = bed();
+        let cb = first_callback_accepted(&mut b);
         b.gw(GatewayEvent::CallbackResult { callback_id: cb.as_str().into(), outcome: DialOutcome::NoAnswer });
         // Agent freed at once (no wrap-up) and takes the next caller; the
         // callback waits for its retry but keeps its place at the head.
@@ -393,14 +400,7 @@ mod tests {
     #[test]
     fn a_failed_agent_leg_of_a_callback_dial_puts_it_back_without_using_an_attempt() {
         let mut b = bed();
-        b.inbound("c1", N);
-        b.inbound("c2", N);
-        let cb = request(&mut b, "c1");
-        b.connect("a");
-        let (o, id) = b.offers_to("a")[0].clone();
-        assert_eq!(id, cb);
-        b.take();
-        b.accept("a", o);
+        let cb = first_callback_accepted(&mut b);
         let dial = dial_id(&b);
         b.take();
         let other =
