@@ -48,7 +48,10 @@ pub struct StoreConfig {
     /// Read connections for history queries.
     pub read_connections: usize,
     /// How often the background thread copies committed pages from the
-    /// WAL into the database file (see `checkpoint.rs`).
+    /// WAL into the database file (see `checkpoint.rs`). Short, so each
+    /// copy is small and often catches up with the log, which then starts
+    /// over by itself instead of through the writer's stalling reset
+    /// (docs/benchmarks.md, "Re-measured 2026-12-04, morning").
     pub checkpoint_every: std::time::Duration,
     /// WAL length, in 4 KiB frames, at which the writer copies the rest
     /// itself between two commits so the log can start over.
@@ -62,7 +65,7 @@ impl StoreConfig {
             max_batch: 4096,
             queue_capacity: 64 * 1024,
             read_connections: 2,
-            checkpoint_every: std::time::Duration::from_millis(100),
+            checkpoint_every: std::time::Duration::from_millis(10),
             wal_reset_frames: 4096,
         }
     }
