@@ -48,10 +48,8 @@ pub struct StoreConfig {
     /// Read connections for history queries.
     pub read_connections: usize,
     /// How often the background thread copies committed pages from the
-    /// WAL into the database file (see `checkpoint.rs`). Short, so each
-    /// copy is small and often catches up with the log, which then starts
-    /// over by itself instead of through the writer's stalling reset
-    /// (docs/benchmarks.md, "Re-measured 2026-12-04, morning").
+    /// WAL into the database file; short on purpose (see `checkpoint.rs`
+    /// and docs/benchmarks.md, "Re-measured 2026-12-04, morning").
     pub checkpoint_every: std::time::Duration,
     /// WAL length, in 4 KiB frames, at which the writer copies the rest
     /// itself between two commits so the log can start over.
