@@ -383,7 +383,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         line: e.span().map(|s| line_of(text, s.start)),
         message: e.message().trim().to_string(),
     })?;
-    Checker { text, path }.check(raw)
+    Checker { text, path, lines: LineIndex::new(text) }.check(raw)
 }
 
 // ---------------------------------------------------------------------------
@@ -469,14 +469,34 @@ struct TokenOwner {
     line: usize,
 }
 
+/// Where each line starts, so turning a span into a line number is a
+/// binary search: the checker asks for a line for every user, token and
+/// number, and counting newlines from the top each time made loading a
+/// 10,000-user file take seconds.
+struct LineIndex {
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        LineIndex { newlines: text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i).collect() }
+    }
+
+    /// 1-based line of byte offset `at`, as [`line_of`] counts it.
+    fn line(&self, at: usize) -> usize {
+        1 + self.newlines.partition_point(|&nl| nl < at)
+    }
+}
+
 struct Checker<'t> {
     text: &'t str,
     path: &'t Path,
+    lines: LineIndex,
 }
 
 impl Checker<'_> {
     fn line<T>(&self, s: &Spanned<T>) -> usize {
-        line_of(self.text, s.span().start)
+        self.lines.line(s.span().start)
     }
 
     fn err(&self, line: usize, message: impl Into<String>) -> ConfigError {
@@ -505,7 +525,7 @@ impl Checker<'_> {
             found = Some(span);
             here = Some(value.get_ref());
         }
-        (found.map(|s| line_of(self.text, s.start)), complete)
+        (found.map(|s| self.lines.line(s.start)), complete)
     }
 
     fn locate(&self, path: &[Seg<'_>]) -> Option<usize> {
@@ -943,6 +963,37 @@ pub fn looks_like_email(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::core::settings::Strategy;
+
+    #[test]
+    fn the_line_index_counts_lines_like_counting_newlines() {
+        for text in ["", "\n", "a", "a\nb", "a\n\nb\n", "\n\nx\ny\n\n"] {
+            let index = LineIndex::new(text);
+            for at in 0..text.len() + 3 {
+                assert_eq!(index.line(at), line_of(text, at), "{text:?} at {at}");
+            }
+        }
+    }
+
+    /// Error lines far down a large file are still right (each user's
+    /// line comes from the index, not a count from the top).
+    #[test]
+    fn an_error_deep_in_a_large_file_names_its_line() {
+        let mut text = String::from("[[accounts]]\nid = \"big\"\nplan = \"pro\"\n");
+        for i in 0..2000 {
+            let role = if i == 0 { "owner" } else { "agent" };
+            text.push_str(&format!(
+                "\n[[accounts.users]]\nid = \"u{i}\"\nemail = \"u{i}@x.test\"\nrole = \"{role}\"\ntoken = \"t{i}\"\n"
+            ));
+        }
+        text.push_str(
+            "\n[[accounts.users]]\nid = \"late\"\nemail = \"late@x.test\"\nrole = \"agent\"\ntoken = \"t17\"\n",
+        );
+        let e = parse(&text, Path::new("big.toml")).unwrap_err();
+        let last = text.lines().count();
+        assert_eq!(e.line, Some(last), "{e}");
+        // Three header lines, then six per user; u17's token is its block's last.
+        assert!(e.message.contains(&format!("on line {}", 3 + 6 * 17 + 6)), "{e}");
+    }
 
     /// The example of `shared/PROTOCOL.md`, "Running the server", verbatim.
     const PROTOCOL_EXAMPLE: &str = r#"listen = "127.0.0.1:8040"
