@@ -378,12 +378,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates config text; `path` is only used in messages and
 /// kept in [`Config::path`].
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let lines = LineIndex::new(text);
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
         path: path.to_path_buf(),
-        line: e.span().map(|s| line_of(text, s.start)),
+        line: e.span().map(|s| lines.line(s.start)),
         message: e.message().trim().to_string(),
     })?;
-    Checker { text, path, lines: LineIndex::new(text) }.check(raw)
+    Checker { text, path, lines }.check(raw)
 }
 
 // ---------------------------------------------------------------------------
@@ -450,12 +451,6 @@ struct RawNumber {
 // ---------------------------------------------------------------------------
 // Validation.
 
-/// 1-based line of byte offset `at`.
-fn line_of(text: &str, at: usize) -> usize {
-    let at = at.min(text.len());
-    1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count()
-}
-
 /// A step into the document: a table key or an array index.
 #[derive(Clone, Copy)]
 enum Seg<'a> {
@@ -482,7 +477,8 @@ impl LineIndex {
         LineIndex { newlines: text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i).collect() }
     }
 
-    /// 1-based line of byte offset `at`, as [`line_of`] counts it.
+    /// 1-based line of byte offset `at`: one more than the newlines
+    /// before it (an offset past the end is on the last line).
     fn line(&self, at: usize) -> usize {
         1 + self.newlines.partition_point(|&nl| nl < at)
     }
@@ -963,6 +959,12 @@ pub fn looks_like_email(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::core::settings::Strategy;
+
+    /// 1-based line of byte offset `at`, counted the slow way.
+    fn line_of(text: &str, at: usize) -> usize {
+        let at = at.min(text.len());
+        1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count()
+    }
 
     #[test]
     fn the_line_index_counts_lines_like_counting_newlines() {

@@ -408,8 +408,9 @@ fn clashes_with_state(config: &Config, dir: &Directory) -> Result<(), crate::con
 /// accounts' inputs in file order, and thousands of them share a few
 /// commits. (Waiting for each one's sync before sending the next made a
 /// 10,000-user file take seconds to start.) On a refused input the start
-/// fails as before; inputs after it may have been applied too, which is
-/// harmless because the next start applies the same file again.
+/// fails as before; the inputs after it may have been applied too, as the
+/// ones before it always were. That leaves nothing the file does not
+/// declare: provisioning only creates and updates what the file lists.
 async fn provision(app: &App) -> Result<(), StartError> {
     let stopped = || StartError::Provisioning("shutting down".into());
     let mut pending = Vec::new();
