@@ -1,6 +1,6 @@
 //! Start-up with a large config file: 10,000 users with tokens and 1,000
-//! numbers in 100 accounts (the load tests' topology). Measures reading
-//! and checking the file, and a whole start on an empty data dir (open the
+//! numbers in 100 accounts (the load tests' topology). Measures parsing
+//! and checking the file's text, and a whole start on an empty data dir (open the
 //! store, apply every account, user and number to the engine and journal
 //! them, bind the socket). Run with `cargo bench --bench startup`.
 
