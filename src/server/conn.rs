@@ -291,6 +291,7 @@ pub async fn write_loop(
                     if let Err(stop) = send_unless_closed(&mut sink, [Message::Ping(Default::default())], &rx, None).await {
                         break stop;
                     }
+                    release_write_waker(&mut sink);
                     continue;
                 }
             },
@@ -314,12 +315,36 @@ pub async fn write_loop(
         if let Err(stop) = send_unless_closed(&mut sink, frames, &rx, None).await {
             break stop;
         }
+        release_write_waker(&mut sink);
         for born in acks {
             ack_latency.record(born.elapsed().as_secs_f64());
         }
     };
     say_goodbye(&mut sink, reason.as_ref()).await;
     reason
+}
+
+/// Leaves a no-op waker where the writer's last flush left its own.
+///
+/// A gateway's reader and writer are two tasks on one socket, and
+/// tokio-tungstenite wakes the waker of *both* whenever the socket is ready
+/// for either (its waker proxy has a read slot and a write slot and wakes
+/// the two). The write slot keeps the waker of the writer's last flush, so
+/// every event a gateway sent also woke its idle writer: two tasks ready at
+/// once, and Tokio then wakes its other worker thread to share them. On 2
+/// vCPUs that thread competes with the offer's path and the peer (at 10
+/// calls/s, 162 of 168 inbound frames woke the second worker; `perf sched`).
+/// The writer never waits on the socket between writes (only on its queue,
+/// the journal and its ping timer), and its next write registers its own
+/// waker again, so a no-op one in the slot loses nothing. The flush has
+/// nothing to write (the last one completed); if the reader holds the
+/// socket just then, the slot keeps the old waker, as before.
+fn release_write_waker<S, T>(sink: &mut S)
+where
+    S: futures_util::Sink<T> + Unpin,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = std::pin::Pin::new(sink).poll_flush(&mut cx);
 }
 
 /// Frames for one write, taken from the front of a connection's queue.
@@ -842,6 +867,74 @@ mod tests {
         assert_eq!(rx.closed().await.reason, "first");
         drop(rx);
         assert!(h.is_closing());
+    }
+
+    /// Counts how often it is woken.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Over a real WebSocket: a writer flushes, then (if `release`) leaves
+    /// a no-op waker behind; the reader waits for a frame; the peer sends
+    /// one. Returns whether that frame woke the idle writer too.
+    async fn frame_wakes_idle_writer(release: bool) -> bool {
+        use futures_util::{Sink, Stream, StreamExt};
+        use std::pin::Pin;
+        use std::task::{Context, Waker};
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move { tokio_tungstenite::connect_async(format!("ws://{addr}/")).await });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let server = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (mut peer, _) = peer.await.unwrap().unwrap();
+        let (mut sink, mut stream) = server.split();
+
+        let writer = Arc::new(Wakes::default());
+        let writer_waker = Waker::from(writer.clone());
+        let mut cx = Context::from_waker(&writer_waker);
+        assert!(Pin::new(&mut sink).poll_ready(&mut cx).is_ready());
+        Pin::new(&mut sink).start_send(WsMessage::text("ack")).unwrap();
+        assert!(matches!(Pin::new(&mut sink).poll_flush(&mut cx), std::task::Poll::Ready(Ok(()))));
+        if release {
+            release_write_waker(&mut sink);
+        }
+
+        let reader = Arc::new(Wakes::default());
+        let reader_waker = Waker::from(reader.clone());
+        assert!(Pin::new(&mut stream).poll_next(&mut Context::from_waker(&reader_waker)).is_pending());
+        peer.send(WsMessage::text("event")).await.unwrap();
+        for _ in 0..500 {
+            if reader.count() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(reader.count() > 0, "the reader is woken for the frame");
+        writer.count() > 0
+    }
+
+    #[tokio::test]
+    async fn a_gateways_frame_does_not_wake_its_idle_writer() {
+        // Without the release the library wakes the writer too: what this
+        // guards against is real (if a later tokio-tungstenite stops doing
+        // it, this fails and the release can go).
+        assert!(frame_wakes_idle_writer(false).await, "tokio-tungstenite no longer wakes both; drop the release");
+        assert!(!frame_wakes_idle_writer(true).await, "the idle writer was woken by an inbound frame");
     }
 
     #[test]
