@@ -573,7 +573,7 @@ pub async fn serve_single(
 ) -> Option<CloseRequest> {
     let start = Clock::tokio_now();
     let mut heard = start;
-    let mut next_ping = start + ping_every;
+    let mut next_ping = start + first_ping_after(handle.id, ping_every);
     // Fires at the next ping or the idle deadline, whichever is first; a
     // frame only moves `heard`, so reading never re-arms a timer.
     let timer = tokio::time::sleep_until(next_ping.min(heard + policy.idle_timeout));
@@ -643,6 +643,24 @@ pub async fn serve_single(
     }
     say_goodbye(&mut socket, reason.as_ref()).await;
     reason
+}
+
+/// When a softphone's first ping is due: between half an interval and a
+/// whole one after it connected, spread by its connection id; later pings
+/// follow every interval.
+///
+/// Softphones connect in crowds (after a restart or a network blip every
+/// one reconnects within seconds: the load test's 10,000 within 1-3 s), and
+/// pings timed from the connection alone stay in step with the crowd: every
+/// interval, one ping and one pong per connection within those seconds
+/// (`perf sched` showed the server writing pings back to back for
+/// milliseconds at 10 calls/s). Spread, they are an even trickle. A live
+/// peer still hears a ping at least once per interval, so `idle_timeout`
+/// keeps its meaning.
+fn first_ping_after(id: ConnId, every: Duration) -> Duration {
+    // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+    let spread = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    every.mul_f64(0.5 + 0.5 * spread)
 }
 
 /// Writes frames (flushed once, at the end) unless the connection is
@@ -867,6 +885,24 @@ mod tests {
         assert_eq!(rx.closed().await.reason, "first");
         drop(rx);
         assert!(h.is_closing());
+    }
+
+    #[test]
+    fn first_pings_of_a_crowd_are_spread_over_half_an_interval() {
+        let every = Duration::from_secs(20);
+        // 10,000 connections opened one after another: ids are consecutive.
+        let mut buckets = [0u32; 10];
+        for id in 1..=10_000u64 {
+            let d = first_ping_after(ConnId(id), every);
+            assert!(d >= every / 2 && d <= every, "id {id}: {d:?}");
+            let slot = ((d - every / 2).as_secs_f64() / (every / 2).as_secs_f64() * 10.0) as usize;
+            buckets[slot.min(9)] += 1;
+        }
+        // An even spread puts 1,000 in each tenth of the window.
+        assert!(buckets.iter().all(|&n| (900..=1100).contains(&n)), "{buckets:?}");
+        // Ids close together are not close in time.
+        let gap = |a: u64, b: u64| first_ping_after(ConnId(a), every).abs_diff(first_ping_after(ConnId(b), every));
+        assert!((1..1000u64).all(|i| gap(i, i + 1) > Duration::from_millis(100)));
     }
 
     /// Counts how often it is woken.
