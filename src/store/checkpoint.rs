@@ -36,6 +36,11 @@ pub(super) struct Shared {
     pub log_frames: AtomicU64,
     /// Commits happened since the checkpoint thread last looked.
     pub dirty: AtomicBool,
+    /// The checkpoint thread sleeps until the next commit.
+    idle: AtomicBool,
+    /// Rounds the checkpoint thread woke for, and checkpoints it ran.
+    rounds: AtomicU64,
+    copies: AtomicU64,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -44,8 +49,21 @@ impl Shared {
     /// Called by the writer after a commit; returns whether it should run
     /// the resetting checkpoint now.
     pub fn committed(&self, reset_frames: u64) -> bool {
-        self.dirty.store(true, Ordering::Release);
+        // SeqCst pairs with the checkpoint thread's `idle` store and `dirty`
+        // load: either it sees this commit before it sleeps, or this sees
+        // it asleep and wakes it (under the lock it sleeps with, so the
+        // wake cannot fall between its check and its wait).
+        self.dirty.store(true, Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            let _guard = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            self.wake.notify_all();
+        }
         self.log_frames.load(Ordering::Acquire) >= reset_frames
+    }
+
+    #[cfg(test)]
+    pub fn rounds(&self) -> (u64, u64) {
+        (self.rounds.load(Ordering::Relaxed), self.copies.load(Ordering::Relaxed))
     }
 
     fn stop(&self) {
@@ -79,6 +97,13 @@ impl Checkpointer {
     }
 }
 
+#[cfg(test)]
+impl Checkpointer {
+    pub fn rounds(&self) -> (u64, u64) {
+        self.shared.rounds()
+    }
+}
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.shared.stop();
@@ -96,9 +121,23 @@ fn run(conn: Connection, every: Duration, shared: &Shared) {
         if *stopped {
             return;
         }
-        if !shared.dirty.swap(false, Ordering::AcqRel) {
+        shared.rounds.fetch_add(1, Ordering::Relaxed);
+        if !shared.dirty.swap(false, Ordering::SeqCst) {
+            // A whole round without a commit: sleep until the next one
+            // rather than wake every round (100 times a second by default)
+            // on an idle server. The round after that wake copies it,
+            // with whatever else was committed meanwhile.
+            shared.idle.store(true, Ordering::SeqCst);
+            while !*stopped && !shared.dirty.load(Ordering::SeqCst) {
+                stopped = shared.wake.wait(stopped).unwrap_or_else(PoisonError::into_inner);
+            }
+            shared.idle.store(false, Ordering::SeqCst);
+            if *stopped {
+                return;
+            }
             continue;
         }
+        shared.copies.fetch_add(1, Ordering::Relaxed);
         drop(stopped);
         let started = std::time::Instant::now();
         match passive(&conn) {

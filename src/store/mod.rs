@@ -98,6 +98,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// Rounds the checkpoint thread woke for, and checkpoints it ran.
+    #[cfg(test)]
+    pub(super) fn checkpoint_rounds(&self) -> (u64, u64) {
+        self.checkpointer.as_ref().map_or((0, 0), checkpoint::Checkpointer::rounds)
+    }
+
     pub fn open(config: StoreConfig) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(&config.dir)?;
         let path = config.dir.join(DB_FILE);

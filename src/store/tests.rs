@@ -402,3 +402,41 @@ fn the_wal_starts_over_under_sustained_commits() {
     assert_eq!(rec.last_seq, 3000);
     assert_entries(&replay_all(&store, 0).unwrap(), 1, 3000);
 }
+
+/// An idle store lets its checkpoint thread sleep (it used to wake every
+/// `checkpoint_every` with nothing to copy: 100 times a second by
+/// default); the next commit wakes it and is copied.
+#[test]
+#[allow(clippy::disallowed_methods)] // watches a real thread over real time
+fn an_idle_store_lets_its_checkpoint_thread_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.checkpoint_every = std::time::Duration::from_millis(1);
+    let (store, _) = Store::open(config).unwrap();
+    let j = store.journal();
+    append_n(&j, 1, 1);
+    j.flush().unwrap();
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.checkpoint_rounds().1 == 0 && std::time::Instant::now() < settled {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(store.checkpoint_rounds().1, 1, "the commit is copied");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (rounds, _) = store.checkpoint_rounds();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (later, copies) = store.checkpoint_rounds();
+    assert!(later - rounds <= 1, "woke {} times in 300 ms with nothing to copy", later - rounds);
+    assert_eq!(copies, 1);
+
+    append_n(&j, 2, 2);
+    j.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.checkpoint_rounds().1 < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(store.checkpoint_rounds().1, 2, "the next commit woke it and was copied");
+    drop(store);
+    let (store, rec) = open(dir.path());
+    assert_eq!(rec.last_seq, 2);
+    assert_entries(&replay_all(&store, 0).unwrap(), 1, 2);
+}
