@@ -417,11 +417,7 @@ async fn provision(app: &App) -> Result<(), StartError> {
     for input in app.config.provisioning() {
         let Some(account) = input.account().cloned() else { continue };
         let Some(shard) = app.shard_for(&account) else { continue };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if !shard.input(input, shard::Origin::Wait(tx)) {
-            return Err(stopped());
-        }
-        pending.push((account, rx));
+        pending.push((account, shard.submit(input).ok_or_else(stopped)?));
     }
     let mut durable_at = 0;
     for (account, rx) in pending {

@@ -35,6 +35,10 @@ pub enum Origin {
     None,
 }
 
+/// The answer to a [`ShardHandle::submit`]: the input's result and the
+/// journal position that makes it durable.
+pub type Waiting = oneshot::Receiver<(Result<Reply, CoreError>, u64)>;
+
 /// Read-only work on the engine (admin queries), run between inputs.
 pub type Query = Box<dyn FnOnce(&Engine) + Send>;
 
@@ -109,14 +113,18 @@ impl ShardHandle {
         Ok(())
     }
 
+    /// Submits an input; the receiver gets its result and the journal
+    /// position that makes it durable. `None` once the shard has stopped.
+    pub fn submit(&self, input: Input) -> Option<Waiting> {
+        let (tx, rx) = oneshot::channel();
+        self.input(input, Origin::Wait(tx)).then_some(rx)
+    }
+
     /// Submits an input and waits for its result, once durable.
     pub async fn call(&self, app: &App, input: Input) -> Result<Reply, CoreError> {
-        let (tx, rx) = oneshot::channel();
-        if !self.input(input, Origin::Wait(tx)) {
-            return Err(CoreError::new(crate::protocol::ErrorCode::Unavailable, "shutting down"));
-        }
-        let (result, after) =
-            rx.await.map_err(|_| CoreError::new(crate::protocol::ErrorCode::Unavailable, "shutting down"))?;
+        let stopped = || CoreError::new(crate::protocol::ErrorCode::Unavailable, "shutting down");
+        let rx = self.submit(input).ok_or_else(stopped)?;
+        let (result, after) = rx.await.map_err(|_| stopped())?;
         app.journal.wait_durable(after).await.map_err(|e| {
             CoreError::new(crate::protocol::ErrorCode::Unavailable, format!("journal unavailable: {e}"))
         })?;
