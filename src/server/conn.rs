@@ -645,22 +645,23 @@ pub async fn serve_single(
     reason
 }
 
-/// When a softphone's first ping is due: between half an interval and a
-/// whole one after it connected, spread by its connection id; later pings
-/// follow every interval.
+/// When a softphone's first ping is due: somewhere in its first interval,
+/// spread by its connection id; later pings follow every interval.
 ///
 /// Softphones connect in crowds (after a restart or a network blip every
 /// one reconnects within seconds: the load test's 10,000 within 1-3 s), and
 /// pings timed from the connection alone stay in step with the crowd: every
 /// interval, one ping and one pong per connection within those seconds
 /// (`perf sched` showed the server writing pings back to back for
-/// milliseconds at 10 calls/s). Spread, they are an even trickle. A live
-/// peer still hears a ping at least once per interval, so `idle_timeout`
-/// keeps its meaning.
+/// milliseconds at 10 calls/s). Spread over a whole interval they are an
+/// even trickle; spread over half of one (as they once were) they came in
+/// bursts filling every other half interval. A live peer still hears a ping
+/// at least once per interval, so `idle_timeout` keeps its meaning.
 fn first_ping_after(id: ConnId, every: Duration) -> Duration {
     // Fibonacci hashing: consecutive ids land far apart in [0, 1).
     let spread = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
-    every.mul_f64(0.5 + 0.5 * spread)
+    // (0, 1]: never a ping the instant a softphone connects.
+    every.mul_f64(1.0 - spread)
 }
 
 /// Writes frames (flushed once, at the end) unless the connection is
@@ -888,21 +889,40 @@ mod tests {
     }
 
     #[test]
-    fn first_pings_of_a_crowd_are_spread_over_half_an_interval() {
+    fn first_pings_of_a_crowd_are_spread_over_an_interval() {
         let every = Duration::from_secs(20);
         // 10,000 connections opened one after another: ids are consecutive.
         let mut buckets = [0u32; 10];
         for id in 1..=10_000u64 {
             let d = first_ping_after(ConnId(id), every);
-            assert!(d >= every / 2 && d <= every, "id {id}: {d:?}");
-            let slot = ((d - every / 2).as_secs_f64() / (every / 2).as_secs_f64() * 10.0) as usize;
+            assert!(d > Duration::ZERO && d <= every, "id {id}: {d:?}");
+            let slot = (d.as_secs_f64() / every.as_secs_f64() * 10.0) as usize;
             buckets[slot.min(9)] += 1;
         }
-        // An even spread puts 1,000 in each tenth of the window.
+        // An even spread puts 1,000 in each tenth of the interval.
         assert!(buckets.iter().all(|&n| (900..=1100).contains(&n)), "{buckets:?}");
         // Ids close together are not close in time.
         let gap = |a: u64, b: u64| first_ping_after(ConnId(a), every).abs_diff(first_ping_after(ConnId(b), every));
         assert!((1..1000u64).all(|i| gap(i, i + 1) > Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_crowd_that_connected_together_is_pinged_at_a_steady_rate() {
+        // 10,000 softphones connect within 1.5 s, as after a restart; from
+        // then on every second should carry about 1/20th of their pings,
+        // not all of them in one half of each interval.
+        let every = Duration::from_secs(20);
+        let mut per_second = [0u32; 80];
+        for id in 1..=10_000u64 {
+            let connected = Duration::from_micros(150 * id);
+            let mut at = connected + first_ping_after(ConnId(id), every);
+            while at < Duration::from_secs(80) {
+                per_second[at.as_secs() as usize] += 1;
+                at += every;
+            }
+        }
+        let steady = &per_second[22..80];
+        assert!(steady.iter().all(|&n| (400..=600).contains(&n)), "{steady:?}");
     }
 
     /// Counts how often it is woken.
