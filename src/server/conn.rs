@@ -654,9 +654,9 @@ pub async fn serve_single(
 /// interval, one ping and one pong per connection within those seconds
 /// (`perf sched` showed the server writing pings back to back for
 /// milliseconds at 10 calls/s). Spread over a whole interval they are an
-/// even trickle; spread over half of one (as they once were) they came in
-/// bursts filling every other half interval. A live peer still hears a ping
-/// at least once per interval, so `idle_timeout` keeps its meaning.
+/// even trickle (over only half of one, they would fill every other half
+/// interval). A live peer still hears a ping at least once per interval, so
+/// `idle_timeout` keeps its meaning.
 fn first_ping_after(id: ConnId, every: Duration) -> Duration {
     // Fibonacci hashing: consecutive ids land far apart in [0, 1).
     let spread = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;

@@ -61,11 +61,6 @@ impl Shared {
         self.log_frames.load(Ordering::Acquire) >= reset_frames
     }
 
-    #[cfg(test)]
-    pub fn rounds(&self) -> (u64, u64) {
-        (self.rounds.load(Ordering::Relaxed), self.copies.load(Ordering::Relaxed))
-    }
-
     fn stop(&self) {
         *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.wake.notify_all();
@@ -100,7 +95,7 @@ impl Checkpointer {
 #[cfg(test)]
 impl Checkpointer {
     pub fn rounds(&self) -> (u64, u64) {
-        self.shared.rounds()
+        (self.shared.rounds.load(Ordering::Relaxed), self.shared.copies.load(Ordering::Relaxed))
     }
 }
 
