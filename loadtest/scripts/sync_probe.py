@@ -7,7 +7,13 @@ p50 / p90 / p99 / p99.9 in microseconds. `alone` is that loop by itself;
 `two` adds a second thread syncing another file without pause, `same` one
 syncing the same file (how concurrent syncs share the disk).
 
+`stalls` runs the `alone` loop for SECONDS (default 60) instead of 3,000
+syncs, at about the journal's commit rate under the 1,000 events/s ack test,
+and lists every sync over 25 ms with its offset: the device's own stalls,
+with no server running, to read an ack run's slow commits against.
+
     python3 loadtest/scripts/sync_probe.py alone [DIR]
+    python3 loadtest/scripts/sync_probe.py stalls [DIR] [SECONDS]
 """
 import os
 import sys
@@ -27,6 +33,36 @@ def lat(fd, buf, off, out, n, gap):
             time.sleep(gap)
 
 
+def stalls(fd, buf, secs):
+    lat, slow = [], []
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < secs:
+        t = time.perf_counter()
+        os.pwrite(fd, buf, (i % 256) * 4096)
+        os.fdatasync(fd)
+        took = time.perf_counter() - t
+        lat.append(took)
+        if took > 0.025:
+            slow.append("%.1f s: %.1f ms" % (t - t0, took * 1e3))
+        i += 1
+        time.sleep(0.0005)
+    print(
+        "stalls %d syncs in %.0f s: p50 %.0f p99 %.0f p999 %.0f us, max %.1f ms; over 5 ms %d, over 25 ms %d%s"
+        % (
+            len(lat),
+            secs,
+            pct(lat, 0.5),
+            pct(lat, 0.99),
+            pct(lat, 0.999),
+            max(lat) * 1e3,
+            sum(1 for x in lat if x > 0.005),
+            len(slow),
+            (" (" + ", ".join(slow) + ")") if slow else "",
+        )
+    )
+
+
 def pct(a, p):
     a = sorted(a)
     return a[int(len(a) * p)] * 1e6
@@ -34,8 +70,8 @@ def pct(a, p):
 
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "alone"
-    if mode not in ("alone", "two", "same"):
-        sys.exit("usage: sync_probe.py alone|two|same [DIR]")
+    if mode not in ("alone", "two", "same", "stalls"):
+        sys.exit("usage: sync_probe.py alone|two|same [DIR] | stalls [DIR] [SECONDS]")
     d = sys.argv[2] if len(sys.argv) > 2 else "."
     buf = b"x" * 4096
     paths = [os.path.join(d, "sync_probe_a"), os.path.join(d, "sync_probe_b")]
@@ -46,6 +82,12 @@ def main():
     os.pwrite(fb, b"\0" * (1 << 21), 0)
     os.fsync(fb)
     a, b = [], []
+    if mode == "stalls":
+        secs = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
+        stalls(fa, buf, secs)
+        for p in paths:
+            os.unlink(p)
+        return
     if mode == "alone":
         lat(fa, buf, 0, a, N, 0.0005)
     else:
