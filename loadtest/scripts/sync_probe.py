@@ -23,40 +23,36 @@ import time
 N = 3000
 
 
-def lat(fd, buf, off, out, n, gap):
-    for i in range(n):
+def lat(fd, buf, off, out, n, gap, secs=None, at=None):
+    """n syncs, or as many as fit in secs; `at` gets each one's start offset."""
+    t0 = time.perf_counter()
+    i = 0
+    while i < n if secs is None else time.perf_counter() - t0 < secs:
         t = time.perf_counter()
         os.pwrite(fd, buf, off + (i % 256) * 4096)
         os.fdatasync(fd)
         out.append(time.perf_counter() - t)
+        if at is not None:
+            at.append(t - t0)
+        i += 1
         if gap:
             time.sleep(gap)
 
 
 def stalls(fd, buf, secs):
-    lat, slow = [], []
-    t0 = time.perf_counter()
-    i = 0
-    while time.perf_counter() - t0 < secs:
-        t = time.perf_counter()
-        os.pwrite(fd, buf, (i % 256) * 4096)
-        os.fdatasync(fd)
-        took = time.perf_counter() - t
-        lat.append(took)
-        if took > 0.025:
-            slow.append("%.1f s: %.1f ms" % (t - t0, took * 1e3))
-        i += 1
-        time.sleep(0.0005)
+    took, at = [], []
+    lat(fd, buf, 0, took, 0, 0.0005, secs, at)
+    slow = ["%.1f s: %.1f ms" % (t, x * 1e3) for t, x in zip(at, took) if x > 0.025]
     print(
         "stalls %d syncs in %.0f s: p50 %.0f p99 %.0f p999 %.0f us, max %.1f ms; over 5 ms %d, over 25 ms %d%s"
         % (
-            len(lat),
+            len(took),
             secs,
-            pct(lat, 0.5),
-            pct(lat, 0.99),
-            pct(lat, 0.999),
-            max(lat) * 1e3,
-            sum(1 for x in lat if x > 0.005),
+            pct(took, 0.5),
+            pct(took, 0.99),
+            pct(took, 0.999),
+            max(took) * 1e3,
+            sum(1 for x in took if x > 0.005),
             len(slow),
             (" (" + ", ".join(slow) + ")") if slow else "",
         )
@@ -73,6 +69,14 @@ def main():
     if mode not in ("alone", "two", "same", "stalls"):
         sys.exit("usage: sync_probe.py alone|two|same [DIR] | stalls [DIR] [SECONDS]")
     d = sys.argv[2] if len(sys.argv) > 2 else "."
+    secs = 60.0
+    if mode == "stalls" and len(sys.argv) > 3:
+        try:
+            secs = float(sys.argv[3])
+        except ValueError:
+            secs = 0.0
+        if not secs > 0:
+            sys.exit("sync_probe.py stalls: SECONDS must be a positive number, got %r" % sys.argv[3])
     buf = b"x" * 4096
     paths = [os.path.join(d, "sync_probe_a"), os.path.join(d, "sync_probe_b")]
     fa = os.open(paths[0], os.O_RDWR | os.O_CREAT)
@@ -83,7 +87,6 @@ def main():
     os.fsync(fb)
     a, b = [], []
     if mode == "stalls":
-        secs = float(sys.argv[3]) if len(sys.argv) > 3 else 60.0
         stalls(fa, buf, secs)
         for p in paths:
             os.unlink(p)
