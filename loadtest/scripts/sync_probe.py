@@ -27,7 +27,7 @@ def lat(fd, buf, off, out, n, gap, secs=None, at=None):
     """n syncs, or as many as fit in secs; `at` gets each one's start offset."""
     t0 = time.perf_counter()
     i = 0
-    while i < n if secs is None else time.perf_counter() - t0 < secs:
+    while (i < n) if secs is None else (time.perf_counter() - t0 < secs):
         t = time.perf_counter()
         os.pwrite(fd, buf, off + (i % 256) * 4096)
         os.fdatasync(fd)
