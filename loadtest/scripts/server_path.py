@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""How long the server holds a gateway frame before its first reply goes out.
+
+Reads `perf script` output of the server's recvfrom/sendto tracepoints
+(and, optionally, cpu-clock samples) and pairs each frame received on the
+gateway's socket with the first message the same thread then sends on
+another socket (for a `call.inbound`, the first `offer`). Nothing is
+added to the server: the tracepoints are the kernel's, so this measures the
+server's own part of the offer latency without the probe effects of
+uprobes (which trap on every hit and, on a VM, add 2-30 us each).
+
+    perf record -e syscalls:sys_enter_recvfrom -e syscalls:sys_exit_recvfrom \\
+        -e syscalls:sys_enter_sendto -p PID -o path.data -- sleep 25
+    perf script -i path.data -F tid,time,event,trace > path.txt
+    python3 loadtest/scripts/server_path.py path.txt
+
+It prints one row per (gateway frame length, reply length) seen at least
+MIN times: recv-to-send p50 / p90 / p99 in microseconds, and how many of
+them made any other system call in between. The gateway socket is the one
+that received the most frames longer than a pong (6 bytes).
+
+With `--profile LEN`, cpu-clock samples taken with the tracepoints
+(`-e cpu-clock -F 50000`, after raising kernel.perf_event_max_sample_rate)
+are counted by function, but only those on the handling thread between a
+gateway frame of LEN bytes and its reply. Sampling that fast slows the
+server several-fold, so read the shares, not the times.
+"""
+import collections
+import re
+import sys
+
+LINE = re.compile(r"\s*(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)")
+MIN = 20
+
+
+def pct(a, p):
+    return a[min(len(a) - 1, int(len(a) * p))]
+
+
+def read(path):
+    ev = []
+    with open(path) as f:
+        for line in f:
+            m = LINE.match(line)
+            if m:
+                ev.append((float(m[2]) * 1e6, int(m[1]), m[3].split(":")[-1], m[4]))
+    ev.sort(key=lambda e: e[0])
+    return ev
+
+
+def field(rest, name):
+    m = re.search(name + r": (0x[0-9a-f]+)", rest)
+    return int(m[1], 16) if m else None
+
+
+def frames(ev):
+    """(index, tid, time, fd, length) of every completed recvfrom."""
+    open_fd = {}
+    out = []
+    for i, (t, tid, e, rest) in enumerate(ev):
+        if e == "sys_enter_recvfrom":
+            open_fd[tid] = field(rest, "fd")
+        elif e == "sys_exit_recvfrom" and tid in open_fd:
+            fd = open_fd.pop(tid)
+            try:
+                n = int(rest.split()[0], 16)
+            except (ValueError, IndexError):
+                continue
+            if n > 0 and fd is not None:
+                out.append((i, tid, t, fd, n))
+    return out
+
+
+def replies(ev, got, gateway):
+    """Per gateway frame: (length, reply length, microseconds, other syscalls, start, end index)."""
+    out = []
+    for i, tid, t, fd, n in got:
+        if fd != gateway:
+            continue
+        other = 0
+        for k in range(i + 1, min(len(ev), i + 5000)):
+            tt, td, e, rest = ev[k]
+            if td != tid or not e.startswith("sys_"):
+                continue
+            # A 2-byte frame is a keep-alive ping, not a reply.
+            if e == "sys_enter_sendto" and field(rest, "fd") not in (gateway, None) and field(rest, "len") > 2:
+                out.append((n, field(rest, "len"), tt - t, other, i, k))
+                break
+            if e == "sys_exit_recvfrom":
+                break
+            other += e.startswith("sys_enter")
+    return out
+
+
+def main():
+    args = sys.argv[1:]
+    profile = None
+    if "--profile" in args:
+        j = args.index("--profile")
+        try:
+            profile = int(args[j + 1])
+        except (IndexError, ValueError):
+            sys.exit("server_path.py: --profile takes a gateway frame length in bytes")
+        del args[j : j + 2]
+    if len(args) != 1:
+        sys.exit("usage: server_path.py [--profile LEN] PERF_SCRIPT_OUTPUT")
+    try:
+        ev = read(args[0])
+    except OSError as e:
+        sys.exit("%s: cannot read %s: %s" % ("server_path.py", args[0], e.strerror))
+    got = frames(ev)
+    sizes = collections.Counter(fd for _, _, _, fd, n in got if n > 6)
+    if not sizes:
+        sys.exit("server_path.py: no recvfrom with its fd in the trace (record sys_enter_recvfrom too)")
+    gateway = sizes.most_common(1)[0][0]
+    rows = replies(ev, got, gateway)
+    print("gateway socket fd %d: %d frames, %d answered by a send on another socket" % (gateway, sizes[gateway], len(rows)))
+    by = collections.defaultdict(list)
+    for n, reply, us, other, _, _ in rows:
+        by[(n, reply)].append((us, other))
+    print("frame B  reply B   count    p50 us    p90 us    p99 us  with other syscalls")
+    for (n, reply), v in sorted(by.items()):
+        if len(v) < MIN:
+            continue
+        us = sorted(x for x, _ in v)
+        print(
+            "%7d  %7d  %6d  %8.0f  %8.0f  %8.0f  %d"
+            % (n, reply, len(v), pct(us, 0.5), pct(us, 0.9), pct(us, 0.99), sum(1 for _, o in v if o))
+        )
+    if profile is None:
+        return
+    counts = collections.Counter()
+    for n, _, _, _, i, k in rows:
+        if n != profile:
+            continue
+        tid = ev[i][1]
+        for tt, td, e, rest in ev[i:k]:
+            if td == tid and e == "cpu-clock":
+                parts = rest.split(None, 1)
+                counts[re.sub(r"<.*?>", "<>", parts[1] if len(parts) > 1 else parts[0])[:100]] += 1
+    total = sum(counts.values())
+    if not total:
+        sys.exit("server_path.py: no cpu-clock samples inside those windows (record -e cpu-clock, script -F ...,ip,sym)")
+    print("\ncpu-clock samples between a %d-byte gateway frame and its reply: %d" % (profile, total))
+    for sym, c in counts.most_common(40):
+        print("%5d %5.1f%%  %s" % (c, 100.0 * c / total, sym))
+
+
+if __name__ == "__main__":
+    main()
