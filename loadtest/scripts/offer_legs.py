@@ -27,22 +27,9 @@ that reads its `call.inbound` frames, and the echo server, of the rest,
 the one that reads the most frames (it sends each back 4 bytes shorter:
 the client's mask is not echoed).
 """
-import re
 import sys
 
-LINE = re.compile(r"\s*(.+?)\s+(\d+)/(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)")
-
-
-def field(rest, name):
-    m = re.search(name + r": (0x[0-9a-f]+)", rest)
-    return int(m[1], 16) if m else None
-
-
-def ret(rest):
-    try:
-        return int(rest.split()[0], 16)
-    except (ValueError, IndexError):
-        return -1
+from perf_trace import field, pct, read, ret
 
 
 def summary(name, values):
@@ -50,7 +37,7 @@ def summary(name, values):
         print("%-36s no samples" % name)
         return
     v = sorted(values)
-    print("%-36s n=%4d  p50 %6.0f us  p90 %6.0f us" % (name, len(v), v[len(v) // 2], v[int(len(v) * 0.9)]))
+    print("%-36s n=%4d  p50 %6.0f us  p90 %6.0f us" % (name, len(v), pct(v, 0.5), pct(v, 0.9)))
 
 
 def main():
@@ -62,43 +49,36 @@ def main():
         offer_min = int(args[2]) if len(args) > 2 else 186
     except ValueError:
         sys.exit("offer_legs.py: INBOUND_LENS is a comma-separated list of byte counts, OFFER_MIN a byte count")
-    ev = []
-    try:
-        f = open(args[0])
-    except OSError as e:
-        sys.exit("offer_legs.py: cannot read %s: %s" % (args[0], e.strerror))
-    with f:
-        for line in f:
-            m = LINE.match(line)
-            if m:
-                ev.append((float(m[4]) * 1e6, int(m[2]), int(m[3]), m[1].strip(), m[5].split(":")[-1], m[6]))
-    ev.sort(key=lambda e: e[0])
-    harness = next((e[1] for e in ev if e[3] == "gateway"), None)
+    ev = read(args[0], "offer_legs.py")
+    harness = next((e.pid for e in ev if e.comm == "gateway"), None)
     if harness is None:
         sys.exit("offer_legs.py: no `gateway` thread in the trace (record with -a during a load-test run)")
+
+    def is_inbound(e):
+        return e.pid == harness and e.comm == "gateway" and e.event == "sys_enter_sendto" and field(e.rest, "len") in inbound
 
     # The server is the process that reads the first `call.inbound`; the
     # echo server, of the rest, the one that reads the most frames.
     server = None
-    for i, (t, pid, tid, comm, e, rest) in enumerate(ev):
-        if pid == harness and comm == "gateway" and e == "sys_enter_sendto" and field(rest, "len") in inbound:
-            n = field(rest, "len")
-            server = next((x[1] for x in ev[i + 1 : i + 20000] if x[1] != harness and x[4] == "sys_exit_recvfrom" and ret(x[5]) == n), None)
+    for i, e in enumerate(ev):
+        if is_inbound(e):
+            n = field(e.rest, "len")
+            server = next((x.pid for x in ev[i + 1 : i + 20000] if x.pid != harness and x.event == "sys_exit_recvfrom" and ret(x.rest) == n), None)
             if server is not None:
                 break
     if server is None:
         sys.exit("offer_legs.py: no process read a call.inbound frame (check INBOUND_LENS)")
     reads = {}
     for e in ev:
-        if e[1] not in (harness, server) and e[4] == "sys_exit_recvfrom" and ret(e[5]) > 6:
-            reads[e[1]] = reads.get(e[1], 0) + 1
+        if e.pid not in (harness, server) and e.event == "sys_exit_recvfrom" and ret(e.rest) > 6:
+            reads[e.pid] = reads.get(e.pid, 0) + 1
     echo = max(reads, key=reads.get) if reads else None
 
     offer = []
-    for i, (t, pid, tid, comm, e, rest) in enumerate(ev):
-        if not (pid == harness and comm == "gateway" and e == "sys_enter_sendto" and field(rest, "len") in inbound):
+    for i, e in enumerate(ev):
+        if not is_inbound(e):
             continue
-        n = field(rest, "len")
+        t, n = e.t, field(e.rest, "len")
         got = sent = None
         stid = None
         for tt, p, td, _, ee, rr in ev[i + 1 : i + 20000]:

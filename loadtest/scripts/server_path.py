@@ -29,45 +29,23 @@ import collections
 import re
 import sys
 
-LINE = re.compile(r"\s*(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)")
+from perf_trace import field, pct, read, ret
+
 MIN = 20
-
-
-def pct(a, p):
-    return a[min(len(a) - 1, int(len(a) * p))]
-
-
-def read(path):
-    ev = []
-    with open(path) as f:
-        for line in f:
-            m = LINE.match(line)
-            if m:
-                ev.append((float(m[2]) * 1e6, int(m[1]), m[3].split(":")[-1], m[4]))
-    ev.sort(key=lambda e: e[0])
-    return ev
-
-
-def field(rest, name):
-    m = re.search(name + r": (0x[0-9a-f]+)", rest)
-    return int(m[1], 16) if m else None
 
 
 def frames(ev):
     """(index, tid, time, fd, length) of every completed recvfrom."""
     open_fd = {}
     out = []
-    for i, (t, tid, e, rest) in enumerate(ev):
-        if e == "sys_enter_recvfrom":
-            open_fd[tid] = field(rest, "fd")
-        elif e == "sys_exit_recvfrom" and tid in open_fd:
-            fd = open_fd.pop(tid)
-            try:
-                n = int(rest.split()[0], 16)
-            except (ValueError, IndexError):
-                continue
+    for i, e in enumerate(ev):
+        if e.event == "sys_enter_recvfrom":
+            open_fd[e.tid] = field(e.rest, "fd")
+        elif e.event == "sys_exit_recvfrom" and e.tid in open_fd:
+            fd = open_fd.pop(e.tid)
+            n = ret(e.rest)
             if n > 0 and fd is not None:
-                out.append((i, tid, t, fd, n))
+                out.append((i, e.tid, e.t, fd, n))
     return out
 
 
@@ -79,16 +57,16 @@ def replies(ev, got, gateway):
             continue
         other = 0
         for k in range(i + 1, min(len(ev), i + 5000)):
-            tt, td, e, rest = ev[k]
-            if td != tid or not e.startswith("sys_"):
+            e = ev[k]
+            if e.tid != tid or not e.event.startswith("sys_"):
                 continue
             # A 2-byte frame is a keep-alive ping, not a reply.
-            if e == "sys_enter_sendto" and field(rest, "fd") not in (gateway, None) and field(rest, "len") > 2:
-                out.append((n, field(rest, "len"), tt - t, other, i, k))
+            if e.event == "sys_enter_sendto" and field(e.rest, "fd") not in (gateway, None) and field(e.rest, "len") > 2:
+                out.append((n, field(e.rest, "len"), e.t - t, other, i, k))
                 break
-            if e == "sys_exit_recvfrom":
+            if e.event == "sys_exit_recvfrom":
                 break
-            other += e.startswith("sys_enter")
+            other += e.event.startswith("sys_enter")
     return out
 
 
@@ -104,10 +82,7 @@ def main():
         del args[j : j + 2]
     if len(args) != 1:
         sys.exit("usage: server_path.py [--profile LEN] PERF_SCRIPT_OUTPUT")
-    try:
-        ev = read(args[0])
-    except OSError as e:
-        sys.exit("%s: cannot read %s: %s" % ("server_path.py", args[0], e.strerror))
+    ev = read(args[0], "server_path.py")
     got = frames(ev)
     sizes = collections.Counter(fd for _, _, _, fd, n in got if n > 6)
     if not sizes:
@@ -133,10 +108,10 @@ def main():
     for n, _, _, _, i, k in rows:
         if n != profile:
             continue
-        tid = ev[i][1]
-        for tt, td, e, rest in ev[i:k]:
-            if td == tid and e == "cpu-clock":
-                parts = rest.split(None, 1)
+        tid = ev[i].tid
+        for e in ev[i:k]:
+            if e.tid == tid and e.event == "cpu-clock":
+                parts = e.rest.split(None, 1)
                 counts[re.sub(r"<.*?>", "<>", parts[1] if len(parts) > 1 else parts[0])[:100]] += 1
     total = sum(counts.values())
     if not total:
