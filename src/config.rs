@@ -179,6 +179,9 @@ pub struct ServerSettings {
     #[serde(with = "duration_str")]
     pub history_retention: Duration,
     pub log_format: LogFormat,
+    /// Whether the server moves its machine code onto 2 MiB pages at
+    /// start-up (`src/huge_pages.rs`); off for profiling with `perf`.
+    pub huge_code_pages: bool,
 }
 
 impl Default for ServerSettings {
@@ -198,6 +201,7 @@ impl Default for ServerSettings {
             snapshot_on_stop: true,
             history_retention: Duration::from_secs(365 * 86_400),
             log_format: LogFormat::Human,
+            huge_code_pages: true,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod huge_pages;
 pub mod protocol;
 pub mod server;
 pub mod store;

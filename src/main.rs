@@ -54,6 +54,19 @@ fn main() -> ExitCode {
         None => cfg.server.log_format == config::LogFormat::Json,
     };
     init_logging(json);
+    // Before the runtime starts its threads (see src/huge_pages.rs).
+    if !cfg.server.huge_code_pages {
+        tracing::info!("machine code stays on 4 KiB pages: server.huge_code_pages is false");
+    } else {
+        match ringline::huge_pages::move_code() {
+            Ok(m) => tracing::info!(
+                code_mib = m.bytes >> 20,
+                huge_mib = m.huge_bytes >> 20,
+                "machine code moved onto 2 MiB pages"
+            ),
+            Err(e) => tracing::info!("machine code stays on 4 KiB pages: {e}"),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

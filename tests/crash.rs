@@ -1,7 +1,8 @@
 //! Crash recovery with the real binary: SIGKILL at several points while a
 //! gateway streams events, restart on the same data dir, and check that
 //! every acknowledged event took effect exactly once and nothing
-//! acknowledged was lost. Also: a damaged journal tail, and SIGTERM.
+//! acknowledged was lost. Also: a damaged journal tail, SIGTERM, and the
+//! start-up step that moves the binary's code onto 2 MiB pages.
 
 mod common;
 
@@ -379,4 +380,53 @@ async fn a_restart_rings_nobody_whose_connection_is_gone() {
     let ringing = gw.expect_for("call.ringing", "c1").await;
     assert_eq!(ringing["agents"], json!(["a2"]));
     second.kill();
+}
+
+/// Bytes on huge pages in anonymous executable mappings (inode 0, no
+/// path; `[vdso]` has a name), from the text of `/proc/<pid>/smaps`: where
+/// start-up moved the code, and nothing else.
+fn moved_code_huge_bytes(smaps: &str) -> usize {
+    let mut total = 0;
+    let mut in_moved = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.first() {
+            Some(f) if !f.ends_with(':') => in_moved = fields.len() == 5 && fields[1] == "r-xp" && fields[4] == "0",
+            Some(&"AnonHugePages:") if in_moved => {
+                total += fields.get(1).and_then(|kib| kib.parse::<usize>().ok()).unwrap_or(0) * 1024;
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// The binary moves its code onto 2 MiB pages at start-up (unless told
+/// not to) and routes a call with it either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_code_runs_from_huge_pages_unless_configured_off() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    for on in [true, false] {
+        let (_dir, cfg_path, data) = fresh_dir();
+        if !on {
+            let text = crash_config().replacen("[server]\n", "[server]\nhuge_code_pages = false\n", 1);
+            assert!(text.contains("huge_code_pages = false"));
+            std::fs::write(&cfg_path, text).expect("config");
+        }
+        let server = Server::start(&cfg_path, &data);
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", server.child.id())).expect("smaps");
+        let huge = moved_code_huge_bytes(&smaps);
+        if on && !thp.contains("[never]") {
+            assert!(server.log().contains("machine code moved onto 2 MiB pages"), "{}", server.log());
+            assert!(huge >= 2 << 20, "{huge} bytes of moved code on huge pages");
+        } else {
+            assert!(server.log().contains("machine code stays on 4 KiB pages"), "{}", server.log());
+            assert_eq!(huge, 0);
+        }
+        let mut a1 = agent(server.addr, "a1").await;
+        let mut gw = connect_gateway(server.addr).await;
+        gw.inbound("c1", N).await;
+        assert_eq!(a1.expect("offer").await["call_id"], "c1", "huge pages {on}");
+        server.kill();
+    }
 }

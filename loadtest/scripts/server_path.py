@@ -23,7 +23,10 @@ With `--profile LEN`, cpu-clock samples taken with the tracepoints
 (`-e cpu-clock -F 50000`, after raising kernel.perf_event_max_sample_rate)
 are counted by function, but only those on the handling thread between a
 gateway frame of LEN bytes and its reply. Sampling that fast slows the
-server several-fold, so read the shares, not the times.
+server several-fold, so read the shares, not the times. Start the server
+with `huge_code_pages = false` under `[server]` for it: otherwise most of
+its code runs from an anonymous mapping that `perf` cannot symbolize
+(docs/operations.md).
 """
 import collections
 import re
