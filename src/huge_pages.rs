@@ -6,7 +6,7 @@
 //! distinct 4 KiB pages of code, and on a VM every TLB miss is a two-level
 //! page walk. With the code on 2 MiB pages a handful of TLB entries cover
 //! it; the offer's light-load latency dropped by about 8% in paired runs
-//! (docs/benchmarks.md, "2026-12-05, midday"). The heap is on 2 MiB pages
+//! (docs/benchmarks.md, "2026-12-05, mid-morning"). The heap is on 2 MiB pages
 //! already (mimalloc asks for them).
 //!
 //! Linux maps an executable's code from the page cache in 4 KiB pages
