@@ -5,9 +5,10 @@
 //! TLBs. The path from a gateway frame to an offer touches hundreds of
 //! distinct 4 KiB pages of code, and on a VM every TLB miss is a two-level
 //! page walk. With the code on 2 MiB pages a handful of TLB entries cover
-//! it; the offer's light-load latency dropped by about 8% in paired runs
-//! (docs/benchmarks.md, "2026-12-05, mid-morning"). The heap is on 2 MiB pages
-//! already (mimalloc asks for them).
+//! it; the light-load offer latency's ratio to a bare round trip dropped
+//! by 9-17% in seven paired runs (docs/benchmarks.md, "2026-12-05,
+//! mid-morning"). The heap is on 2 MiB pages already (mimalloc asks for
+//! them).
 //!
 //! Linux maps an executable's code from the page cache in 4 KiB pages
 //! unless the kernel was built with `CONFIG_READ_ONLY_THP_FOR_FS`, which
