@@ -82,9 +82,10 @@ pub fn huge_range(start: usize, end: usize) -> Option<(usize, usize)> {
 /// the text of `/proc/self/smaps`.
 pub fn anon_huge_bytes(smaps: &str, start: usize) -> Option<usize> {
     let head = format!("{start:x}-");
-    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
-    lines
-        .by_ref()
+    smaps
+        .lines()
+        .skip_while(|l| !l.starts_with(&head))
+        .skip(1)
         .take_while(|l| l.split_whitespace().next().is_some_and(|f| f.ends_with(':')))
         .find_map(|l| l.strip_prefix("AnonHugePages:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
