@@ -386,19 +386,16 @@ async fn a_restart_rings_nobody_whose_connection_is_gone() {
 /// path; `[vdso]` has a name), from the text of `/proc/<pid>/smaps`: where
 /// start-up moved the code, and nothing else.
 fn moved_code_huge_bytes(smaps: &str) -> usize {
-    let mut total = 0;
-    let mut in_moved = false;
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.first() {
-            Some(f) if !f.ends_with(':') => in_moved = fields.len() == 5 && fields[1] == "r-xp" && fields[4] == "0",
-            Some(&"AnonHugePages:") if in_moved => {
-                total += fields.get(1).and_then(|kib| kib.parse::<usize>().ok()).unwrap_or(0) * 1024;
-            }
-            _ => {}
-        }
-    }
-    total
+    smaps
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let anonymous_code = f.len() == 5 && f[1] == "r-xp" && f[4] == "0";
+            let start = f.first()?.split_once('-')?.0;
+            anonymous_code.then(|| usize::from_str_radix(start, 16).ok()).flatten()
+        })
+        .filter_map(|start| ringline::huge_pages::anon_huge_bytes(smaps, start))
+        .sum()
 }
 
 /// The binary moves its code onto 2 MiB pages at start-up (unless told
