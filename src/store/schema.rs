@@ -116,6 +116,19 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The writer connection's page cache, in KiB. Small on purpose: when a
+/// B-tree split has to reorder its pages, SQLite parks one under the
+/// lock-byte page's number (page 262,145 with 4 KiB pages), and the end of
+/// that transaction then walks every page in the cache to drop the ones
+/// past the end of the file. With 32 MiB (8,192 pages, full after a
+/// couple of minutes under load) that walk took 0.9 ms at the median and
+/// 2.4 ms at p99, on about one commit in twenty, holding up every ack
+/// behind it; with 1 MiB it takes tens of µs, and the pages the writer
+/// then reads again come from the OS's cache. Readers keep SQLite's default cache.
+/// Measured in docs/benchmarks.md, "Re-measured 2026-12-05, late morning".
+pub const WRITER_CACHE_KIB: i64 = 1024;
+const _: () = assert!(WRITER_CACHE_KIB > 0 && WRITER_CACHE_KIB <= 2048, "keep the writer's page cache small");
+
 /// Opens (creating if needed) the connection the writer thread owns.
 pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -130,7 +143,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // Caps the WAL file after checkpoints so a burst does not leave a
     // gigabyte-sized -wal file behind forever.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    conn.pragma_update(None, "cache_size", -32 * 1024)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     // Checkpoints run on their own thread (`checkpoint.rs`), not inside
     // whichever commit crosses SQLite's threshold.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -191,6 +204,10 @@ mod tests {
         assert_eq!(v, SCHEMA_VERSION);
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "synchronous must be FULL");
+        // A big writer cache makes each commit after a reordering B-tree
+        // split walk all of it (see WRITER_CACHE_KIB).
+        let cache: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(cache, -WRITER_CACHE_KIB);
 
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::SchemaTooNew { .. })));
