@@ -123,10 +123,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// past the end of the file. With 32 MiB (8,192 pages, full after a
 /// couple of minutes under load) that walk took 0.9 ms at the median and
 /// 2.4 ms at p99, on about one commit in twenty, holding up every ack
-/// behind it; with 1 MiB it takes tens of µs, and the pages the writer
-/// then reads again come from the OS's cache. Readers keep SQLite's default cache.
-/// Measured in docs/benchmarks.md, "Re-measured 2026-12-05, late morning".
-pub const WRITER_CACHE_KIB: i64 = 1024;
+/// behind it; with 512 KiB and 2 MiB it took 12 and 43 µs at the median.
+/// The pages the writer then reads again come from the OS's cache.
+/// Readers keep SQLite's default cache. Measured in docs/benchmarks.md,
+/// "Re-measured 2026-12-05, late morning".
+const WRITER_CACHE_KIB: i64 = 1024;
 const _: () = assert!(WRITER_CACHE_KIB > 0 && WRITER_CACHE_KIB <= 2048, "keep the writer's page cache small");
 
 /// Opens (creating if needed) the connection the writer thread owns.
