@@ -19,6 +19,12 @@ MIN times: recv-to-send p50 / p90 / p99 in microseconds, and how many of
 them made any other system call in between. The gateway socket is the one
 that received the most frames longer than a pong (6 bytes).
 
+To see every system call, not only recvfrom and sendto, add
+`-e raw_syscalls:sys_enter`; to see whether the thread left the CPU inside
+the window, add `-e sched:sched_switch`. A switch-out of the handling
+thread counts as off-CPU until that thread's next event; the rows then
+also give how many windows had one and the off-CPU time's p50 and max.
+
 With `--profile LEN`, cpu-clock samples taken with the tracepoints
 (`-e cpu-clock -F 50000`, after raising kernel.perf_event_max_sample_rate)
 are counted by function, but only those on the handling thread between a
@@ -52,24 +58,48 @@ def frames(ev):
     return out
 
 
+# recvfrom and sendto: seen through their own tracepoints already.
+NAMED = {"44", "45"}
+SWITCH_PREV = re.compile(r"prev_pid=(\d+)")
+
+
+def other_syscall(e):
+    """Whether `e` enters a system call the named tracepoints do not show."""
+    if e.event == "sys_enter":
+        m = re.search(r"NR (\d+)", e.rest)
+        return m is None or m[1] not in NAMED
+    return e.event.startswith("sys_enter_")
+
+
 def replies(ev, got, gateway):
-    """Per gateway frame: (length, reply length, microseconds, other syscalls, start, end index)."""
+    """Per gateway frame: (length, reply length, microseconds, other
+    syscalls, start, end index, microseconds off the CPU, switches)."""
     out = []
     for i, tid, t, fd, n in got:
         if fd != gateway:
             continue
         other = 0
+        off, left, switches = 0.0, None, 0
         for k in range(i + 1, min(len(ev), i + 5000)):
             e = ev[k]
-            if e.tid != tid or not e.event.startswith("sys_"):
+            if e.event == "sched_switch":
+                m = SWITCH_PREV.search(e.rest)
+                if m and int(m[1]) == tid and left is None:
+                    left, switches = e.t, switches + 1
+                continue
+            if e.tid != tid:
+                continue
+            if left is not None:
+                off, left = off + (e.t - left), None
+            if not e.event.startswith("sys_"):
                 continue
             # A 2-byte frame is a keep-alive ping, not a reply.
             if e.event == "sys_enter_sendto" and field(e.rest, "fd") not in (gateway, None) and field(e.rest, "len") > 2:
-                out.append((n, field(e.rest, "len"), e.t - t, other, i, k))
+                out.append((n, field(e.rest, "len"), e.t - t, other, i, k, off, switches))
                 break
             if e.event == "sys_exit_recvfrom":
                 break
-            other += e.event.startswith("sys_enter")
+            other += other_syscall(e)
     return out
 
 
@@ -94,21 +124,34 @@ def main():
     rows = replies(ev, got, gateway)
     print("gateway socket fd %d: %d frames, %d answered by a send on another socket" % (gateway, sizes[gateway], len(rows)))
     by = collections.defaultdict(list)
-    for n, reply, us, other, _, _ in rows:
-        by[(n, reply)].append((us, other))
-    print("frame B  reply B   count    p50 us    p90 us    p99 us  with other syscalls")
+    for n, reply, us, other, _, _, off, switches in rows:
+        by[(n, reply)].append((us, other, off, switches))
+    sched = any(e.event == "sched_switch" for e in ev)
+    print(
+        "frame B  reply B   count    p50 us    p90 us    p99 us  with other syscalls"
+        + ("  with a switch  off-CPU p50/max us" if sched else "")
+    )
     for (n, reply), v in sorted(by.items()):
         if len(v) < MIN:
             continue
-        us = sorted(x for x, _ in v)
-        print(
-            "%7d  %7d  %6d  %8.0f  %8.0f  %8.0f  %d"
-            % (n, reply, len(v), pct(us, 0.5), pct(us, 0.9), pct(us, 0.99), sum(1 for _, o in v if o))
+        us = sorted(x[0] for x in v)
+        line = "%7d  %7d  %6d  %8.0f  %8.0f  %8.0f  %19d" % (
+            n,
+            reply,
+            len(v),
+            pct(us, 0.5),
+            pct(us, 0.9),
+            pct(us, 0.99),
+            sum(1 for x in v if x[1]),
         )
+        if sched:
+            off = sorted(x[2] for x in v)
+            line += "  %13d  %8.0f / %.0f" % (sum(1 for x in v if x[3]), pct(off, 0.5), off[-1])
+        print(line)
     if profile is None:
         return
     counts = collections.Counter()
-    for n, _, _, _, i, k in rows:
+    for n, _, _, _, i, k, _, _ in rows:
         if n != profile:
             continue
         tid = ev[i].tid

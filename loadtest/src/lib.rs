@@ -8,6 +8,7 @@
 // (meant for the deterministic routing core) do not apply here.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod coldmem;
 pub mod config;
 pub mod conn;
 pub mod driver;

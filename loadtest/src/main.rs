@@ -5,6 +5,7 @@
 //! ringline-loadtest run (--target ADDR --config FILE [--server-pid PID] | --spawn-server BIN [--config FILE | TOPOLOGY]) [LOAD]
 //! ringline-loadtest baseline [--rate R] [--duration D]
 //! ringline-loadtest idle (--target ADDR --config FILE --server-pid PID | --spawn-server BIN [TOPOLOGY] | --bare) [--connections N]
+//! ringline-loadtest cold-memory [--idle D]... [--lines N] [--rounds N]
 //! ```
 
 // Timing is this program's job (clock reads next to sockets, sampler
@@ -65,6 +66,21 @@ enum Cmd {
     /// Memory per idle connection: server RSS before and after connecting
     /// N agents that then stay idle.
     Idle(Box<IdleArgs>),
+    /// How slow this machine's memory is after a thread slept: a pointer
+    /// chase over N cache lines (one per 4 KiB page, random order) after
+    /// each idle time, on 4 KiB and on 2 MiB pages. Explains light-load
+    /// latency on VMs (docs/benchmarks.md).
+    ColdMemory {
+        /// Sleep before each chase; repeat for several (default 1ms, 10ms, 100ms).
+        #[arg(long)]
+        idle: Vec<Dur>,
+        /// Cache lines per chase (about what one event touches).
+        #[arg(long, default_value_t = 300)]
+        lines: usize,
+        /// Chases per setting.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
     /// A bare tokio-tungstenite echo server (used by `idle --bare`).
     #[command(hide = true)]
     EchoServer {
@@ -415,6 +431,19 @@ fn main() -> ExitCode {
         })(),
         Cmd::Idle(a) => cmd_idle(*a),
         Cmd::EchoServer { listen } => cmd_echo(listen),
+        Cmd::ColdMemory { idle, lines, rounds } => {
+            let idle = if idle.is_empty() {
+                [1, 10, 100].map(Duration::from_millis).to_vec()
+            } else {
+                idle.into_iter().map(|d| d.0).collect()
+            };
+            for huge in [false, true] {
+                for &d in &idle {
+                    println!("{}", ringline_loadtest::coldmem::measure(d, lines, rounds.max(1), huge).human());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
