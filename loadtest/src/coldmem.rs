@@ -82,6 +82,31 @@ fn chase(buf: &[u64], start: usize, steps: usize) -> usize {
     at
 }
 
+/// Dependent multiply-adds the compute-only control runs (tens of
+/// microseconds).
+const COMPUTE_STEPS: u64 = 20_000;
+
+/// The control: the same sleep, then work that touches no memory. If this
+/// too is slower after sleeping, the CPU's clock is (power saving), not
+/// its caches.
+pub fn compute_after(idle: Duration, rounds: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        std::thread::sleep(idle);
+        let t = Instant::now();
+        // Opaque constants, so the compiler cannot fold the steps together.
+        let (a, b) = std::hint::black_box((6_364_136_223_846_793_005u64, 1_442_695_040_888_963_407u64));
+        let mut x = std::hint::black_box(1u64);
+        for _ in 0..COMPUTE_STEPS {
+            x = x.wrapping_mul(a).wrapping_add(b);
+        }
+        out.push(t.elapsed());
+        std::hint::black_box(x);
+    }
+    out.sort();
+    out
+}
+
 /// Runs the probe for one setting on the calling thread (it sleeps).
 pub fn measure(idle: Duration, lines: usize, rounds: usize, huge_pages: bool) -> ColdMemory {
     let mut buf = vec![0u64; BUFFER / 8];
@@ -156,5 +181,8 @@ mod tests {
         assert_eq!(m.chases.len(), 3);
         assert!(m.chases.windows(2).all(|w| w[0] <= w[1]));
         assert!(m.human().contains("8 lines"));
+        let c = compute_after(Duration::ZERO, 3);
+        assert_eq!(c.len(), 3);
+        assert!(c.windows(2).all(|w| w[0] <= w[1]));
     }
 }

@@ -68,8 +68,9 @@ enum Cmd {
     Idle(Box<IdleArgs>),
     /// How slow this machine's memory is after a thread slept: a pointer
     /// chase over N cache lines (one per 4 KiB page, random order) after
-    /// each idle time, on 4 KiB and on 2 MiB pages. Explains light-load
-    /// latency on VMs (docs/benchmarks.md).
+    /// each idle time, on 4 KiB and on 2 MiB pages, and a control that
+    /// touches no memory. Explains light-load latency on VMs
+    /// (docs/benchmarks.md).
     ColdMemory {
         /// Sleep before each chase; repeat for several (default 1ms, 10ms, 100ms).
         #[arg(long)]
@@ -437,10 +438,16 @@ fn main() -> ExitCode {
             } else {
                 idle.into_iter().map(|d| d.0).collect()
             };
+            use ringline_loadtest::coldmem;
             for huge in [false, true] {
                 for &d in &idle {
-                    println!("{}", ringline_loadtest::coldmem::measure(d, lines, rounds.max(1), huge).human());
+                    println!("{}", coldmem::measure(d, lines, rounds.max(1), huge).human());
                 }
+            }
+            for &d in &idle {
+                let c = coldmem::compute_after(d, rounds.max(1));
+                let p50 = c.get(c.len() / 2).copied().unwrap_or_default();
+                println!("idle {d:>8.1?}  compute only (no memory): p50 {p50:>9.1?}");
             }
             Ok(ExitCode::SUCCESS)
         }
