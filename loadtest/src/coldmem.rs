@@ -9,7 +9,9 @@
 //! (so neither the prefetcher nor one TLB entry covers two of them), timed
 //! once after sleeping `idle`, `rounds` times. Hot, a line costs a few
 //! nanoseconds; each nanosecond above that, times the lines an event
-//! touches, is time the server spends waiting for memory.
+//! touches, is time the server spends waiting for memory. (The "4 KiB"
+//! setting is on 2 MiB pages too where transparent huge pages are
+//! `always` rather than `madvise`.)
 
 use std::time::{Duration, Instant};
 
@@ -49,9 +51,9 @@ impl ColdMemory {
     }
 }
 
-/// A cyclic chain through `lines` distinct pages of a buffer of `words`
-/// u64s: `buf[w]` holds the index of the next word in the chain, and the
-/// start of the chain is returned. `seed` picks the order.
+/// A cyclic chain through `lines` distinct 4 KiB pages of `buf`: `buf[w]`
+/// holds the index of the next word in the chain, and the start of the
+/// chain is returned. `seed` picks the order.
 pub fn chain(buf: &mut [u64], lines: usize, seed: u64) -> usize {
     let pages = buf.len() / WORDS_PER_PAGE;
     let lines = lines.clamp(1, pages.max(1));
@@ -87,8 +89,8 @@ fn chase(buf: &[u64], start: usize, steps: usize) -> usize {
 const COMPUTE_STEPS: u64 = 20_000;
 
 /// The control: the same sleep, then work that touches no memory. If this
-/// too is slower after sleeping, the CPU's clock is (power saving), not
-/// its caches.
+/// too is slower after sleeping, the cause is the CPU's clock (power
+/// saving), not its caches.
 pub fn compute_after(idle: Duration, rounds: usize) -> Vec<Duration> {
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
