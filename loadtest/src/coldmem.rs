@@ -13,6 +13,7 @@
 //! setting is on 2 MiB pages too where transparent huge pages are
 //! `always` rather than `madvise`.)
 
+use crate::stats::Latency;
 use std::time::{Duration, Instant};
 
 /// Bytes in the buffer the lines are spread over.
@@ -26,27 +27,21 @@ pub struct ColdMemory {
     pub idle: Duration,
     pub lines: usize,
     pub huge_pages: bool,
-    /// Each chase's duration, ascending.
-    pub chases: Vec<Duration>,
+    /// How long each chase took.
+    pub chases: Latency,
 }
 
 impl ColdMemory {
-    /// The chase at quantile `q` (0..=1).
-    pub fn quantile(&self, q: f64) -> Duration {
-        let i = ((self.chases.len() as f64 * q) as usize).min(self.chases.len().saturating_sub(1));
-        self.chases.get(i).copied().unwrap_or_default()
-    }
-
     pub fn human(&self) -> String {
-        let p50 = self.quantile(0.5);
+        let p50 = self.chases.quantile_us(0.5);
         format!(
-            "idle {:>8.1?}  {:>5} lines  {} pages: chase p50 {:>9.1?} p90 {:>9.1?}  = {:>5.0} ns per line",
+            "idle {:>8.1?}  {:>5} lines  {} pages: chase p50 {:>8.1} us p90 {:>8.1} us  = {:>5.0} ns per line",
             self.idle,
             self.lines,
             if self.huge_pages { "2 MiB" } else { "4 KiB" },
             p50,
-            self.quantile(0.9),
-            p50.as_nanos() as f64 / self.lines.max(1) as f64,
+            self.chases.quantile_us(0.9),
+            p50 * 1000.0 / self.lines.max(1) as f64,
         )
     }
 }
@@ -91,8 +86,8 @@ const COMPUTE_STEPS: u64 = 20_000;
 /// The control: the same sleep, then work that touches no memory. If this
 /// too is slower after sleeping, the cause is the CPU's clock (power
 /// saving), not its caches.
-pub fn compute_after(idle: Duration, rounds: usize) -> Vec<Duration> {
-    let mut out = Vec::with_capacity(rounds);
+pub fn compute_after(idle: Duration, rounds: usize) -> Latency {
+    let mut out = Latency::new();
     for _ in 0..rounds {
         std::thread::sleep(idle);
         let t = Instant::now();
@@ -102,10 +97,9 @@ pub fn compute_after(idle: Duration, rounds: usize) -> Vec<Duration> {
         for _ in 0..COMPUTE_STEPS {
             x = x.wrapping_mul(a).wrapping_add(b);
         }
-        out.push(t.elapsed());
+        out.record(t.elapsed());
         std::hint::black_box(x);
     }
-    out.sort();
     out
 }
 
@@ -121,15 +115,14 @@ pub fn measure(idle: Duration, lines: usize, rounds: usize, huge_pages: bool) ->
     }
     let start = chain(&mut buf, lines, 0x9e37_79b9_7f4a_7c15);
     let lines = lines.clamp(1, buf.len() / WORDS_PER_PAGE);
-    let mut chases = Vec::with_capacity(rounds);
+    let mut chases = Latency::new();
     for _ in 0..rounds {
         std::thread::sleep(idle);
         let t = Instant::now();
         let end = chase(&buf, start, lines);
-        chases.push(t.elapsed());
+        chases.record(t.elapsed());
         std::hint::black_box(end);
     }
-    chases.sort();
     ColdMemory { idle, lines, huge_pages, chases }
 }
 
@@ -180,11 +173,8 @@ mod tests {
         let start = chain(&mut buf, 100, 3);
         assert_eq!(chase(&buf, start, 4), start);
         let m = measure(Duration::ZERO, 8, 3, false);
-        assert_eq!(m.chases.len(), 3);
-        assert!(m.chases.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(m.chases.count(), 3);
         assert!(m.human().contains("8 lines"));
-        let c = compute_after(Duration::ZERO, 3);
-        assert_eq!(c.len(), 3);
-        assert!(c.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(compute_after(Duration::ZERO, 3).count(), 3);
     }
 }

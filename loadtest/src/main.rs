@@ -445,9 +445,8 @@ fn main() -> ExitCode {
                 }
             }
             for &d in &idle {
-                let c = coldmem::compute_after(d, rounds.max(1));
-                let p50 = c.get(c.len() / 2).copied().unwrap_or_default();
-                println!("idle {d:>8.1?}  compute only (no memory): p50 {p50:>9.1?}");
+                let p50 = coldmem::compute_after(d, rounds.max(1)).quantile_us(0.5);
+                println!("idle {d:>8.1?}  compute only (no memory): p50 {p50:>8.1} us");
             }
             Ok(ExitCode::SUCCESS)
         }
