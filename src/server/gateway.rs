@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use tracing::Instrument;
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -42,10 +41,7 @@ pub async fn upgrade(
     if !app.ready.load(std::sync::atomic::Ordering::Acquire) || *app.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
-    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| {
-        let span = tracing::info_span!("gateway", gateway = %name);
-        run(app, socket, name, accounts, encoding).instrument(span)
-    })
+    super::http::sized(ws, &app.config.server).on_upgrade(move |socket| run(app, socket, name, accounts, encoding))
 }
 
 /// How many softphones' worth of traffic a gateway may send, and of
@@ -64,6 +60,12 @@ async fn run(
     encoding: Encoding,
 ) {
     let id = app.next_conn_id();
+    // The connection's span is the parent of its events but is never
+    // entered: entering it on every poll of the reader (the task that
+    // carries each `call.inbound` to its shard) walks the subscriber's
+    // span registry, which at light load is cold memory on the offer's
+    // path.
+    let span = tracing::info_span!("gateway", gateway = %name, conn = id.0);
     let cfg = &app.config.server;
     let (handle, rx) = ConnHandle::new(id, ConnKind::Gateway { name: name.clone() }, encoding, cfg.outbound_queue * 64);
     app.dir.conns.insert(id, handle.clone());
@@ -71,7 +73,7 @@ async fn run(
         old.close(close::POLICY, "replaced by a newer connection of the same gateway");
     }
     metrics::gauge!("ringline_connections", "kind" => "gateway").increment(1.0);
-    tracing::info!(conn = id.0, "gateway connected");
+    tracing::info!(parent: &span, "gateway connected");
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(
         sink,
@@ -173,7 +175,7 @@ async fn run(
     app.dir.conns.remove(&id);
     app.dir.gateways_live.remove_if(&name, |_, h| h.id == id);
     metrics::gauge!("ringline_connections", "kind" => "gateway").decrement(1.0);
-    tracing::info!(conn = id.0, "gateway disconnected");
+    tracing::info!(parent: &span, "gateway disconnected");
 }
 
 /// The account an event belongs to, from the number it names or the id of
