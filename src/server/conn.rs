@@ -24,6 +24,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -288,7 +290,7 @@ pub async fn write_loop(
                     Next::Send(out) => out,
                 },
                 _ = ping.tick() => {
-                    if let Err(stop) = send_unless_closed(&mut sink, [Message::Ping(Default::default())], &rx, None).await {
+                    if let Err(stop) = send_unless_closed(&mut sink, [Message::Ping(Default::default())], &rx, NO_STOP).await {
                         break stop;
                     }
                     release_write_waker(&mut sink);
@@ -312,7 +314,7 @@ pub async fn write_loop(
         // A peer that stops reading blocks this send once the kernel's
         // buffers are full; a close requested meanwhile (its queue
         // overflowed) must still end the connection.
-        if let Err(stop) = send_unless_closed(&mut sink, frames, &rx, None).await {
+        if let Err(stop) = send_unless_closed(&mut sink, frames, &rx, NO_STOP).await {
             break stop;
         }
         release_write_waker(&mut sink);
@@ -505,6 +507,13 @@ pub async fn read_loop(
     // just moves `heard` (no timer registered and cancelled per frame).
     let idle = tokio::time::sleep_until(heard + policy.idle_timeout);
     tokio::pin!(idle);
+    // Made once, not per `select!`: a fresh `wait_for` joins and leaves the
+    // shutdown signal's waiter list (shared with every connection) on each
+    // frame, touching other connections' memory on the event's path.
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -539,7 +548,7 @@ pub async fn read_loop(
                 }
                 idle.as_mut().reset(heard + policy.idle_timeout);
             }
-            _ = shutdown.wait_for(|s| *s) => {
+            () = &mut stop => {
                 handle.close(close::GOING_AWAY, "server shutting down");
                 return;
             }
@@ -578,11 +587,16 @@ pub async fn serve_single(
     // frame only moves `heard`, so reading never re-arms a timer.
     let timer = tokio::time::sleep_until(next_ping.min(heard + policy.idle_timeout));
     tokio::pin!(timer);
+    // Made once, not per `select!` (see `read_loop`); it is never polled
+    // again once it has fired, since the loop ends then.
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
     let reason = loop {
         tokio::select! {
             biased;
-            // (Mapped to `()` so the borrow of `shutdown` ends with it.)
-            () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+            () = &mut stop => {
                 break Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() });
             }
             next = rx.next() => {
@@ -597,7 +611,7 @@ pub async fn serve_single(
                 if frames.is_empty() {
                     continue;
                 }
-                if let Err(stop) = send_unless_closed(&mut socket, frames, &rx, Some(&mut shutdown)).await {
+                if let Err(stop) = send_unless_closed(&mut socket, frames, &rx, Some(stop.as_mut())).await {
                     break stop;
                 }
                 for born in offers {
@@ -629,7 +643,7 @@ pub async fn serve_single(
                 }
                 if now >= next_ping {
                     next_ping = now + ping_every;
-                    if let Err(stop) = send_unless_closed(&mut socket, [Message::Ping(Default::default())], &rx, Some(&mut shutdown)).await {
+                    if let Err(stop) = send_unless_closed(&mut socket, [Message::Ping(Default::default())], &rx, Some(stop.as_mut())).await {
                         break stop;
                     }
                 }
@@ -664,23 +678,25 @@ fn first_ping_after(id: ConnId, every: Duration) -> Duration {
     every.mul_f64(1.0 - spread)
 }
 
+/// For [`send_unless_closed`] where the server's shutdown does not apply.
+const NO_STOP: Option<Pin<&mut std::future::Pending<()>>> = None;
+
 /// Writes frames (flushed once, at the end) unless the connection is
 /// closed (or the server stops) while the write waits for a peer that does
 /// not read.
-async fn send_unless_closed<S>(
+async fn send_unless_closed<S, F>(
     sink: &mut S,
     frames: impl IntoIterator<Item = Message>,
     rx: &ConnRx,
-    shutdown: Option<&mut watch::Receiver<bool>>,
+    stop: Option<Pin<&mut F>>,
 ) -> Result<(), Option<CloseRequest>>
 where
     S: futures_util::Sink<Message> + Unpin,
+    F: Future<Output = ()>,
 {
     let stopping = async {
-        match shutdown {
-            Some(s) => {
-                let _ = s.wait_for(|s| *s).await;
-            }
+        match stop {
+            Some(f) => f.await,
             None => std::future::pending::<()>().await,
         }
     };
