@@ -124,8 +124,33 @@ impl OfferId {
 
 impl Serialize for OfferId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // Not `collect_str`: every offer carries one, and the formatting
+        // machinery is cold code at light load.
+        let mut buf = [0u8; 21];
+        buf[0] = b'o';
+        let n = decimal(self.0, &mut buf[1..]).len();
+        let wire = std::str::from_utf8(&buf[..=n]).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(wire)
     }
+}
+
+/// Writes `n` in decimal at the start of `out` (20 bytes hold any `u64`)
+/// and returns the digits; used where `format!` would be on a hot path.
+pub(crate) fn decimal(mut n: u64, out: &mut [u8]) -> &str {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    // Only ASCII digits were written.
+    std::str::from_utf8(&out[..len]).unwrap_or_default()
 }
 
 impl<'de> Deserialize<'de> for OfferId {
@@ -153,6 +178,18 @@ mod tests {
         assert_eq!(OfferId(7).to_string(), "o7");
         for bad in ["", "o", "42", "o-1", "o1x", "x1", "o99999999999999999999999"] {
             assert_eq!(OfferId::parse(bad), None, "{bad}");
+        }
+        for n in [0, 7, 10, 1_000_007, u64::MAX] {
+            let json = serde_json::to_string(&OfferId(n)).expect("serializes");
+            assert_eq!(json, format!("\"o{n}\""));
+            assert_eq!(serde_json::from_str::<OfferId>(&json).ok(), Some(OfferId(n)));
+        }
+    }
+
+    #[test]
+    fn decimals_match_display() {
+        for n in [0, 1, 9, 10, 42, 100, 1_000_007, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
         }
     }
 
