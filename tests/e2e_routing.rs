@@ -398,5 +398,16 @@ async fn metrics_cover_calls_offers_queues_and_the_journal() {
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
     }
+    // Counted, not only registered (the recorder is shared by the tests in
+    // this binary, so other tests' calls may add to these).
+    for name in
+        ["ringline_answers_total", "ringline_abandons_total", "ringline_call_outcomes_total{outcome=\"answered\"}"]
+    {
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no value for {name} in /metrics"));
+        assert!(value >= 1.0, "{name} is {value}");
+    }
     srv.stop().await;
 }

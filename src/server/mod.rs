@@ -274,6 +274,12 @@ pub struct HotMetrics {
     pub inbound_calls: metrics::Counter,
     pub offer_latency: metrics::Histogram,
     pub ack_latency: metrics::Histogram,
+    /// `ringline_call_outcomes_total`, one per [`Outcome::NAMES`](crate::core::history::Outcome::NAMES).
+    pub outcomes: [metrics::Counter; crate::core::history::Outcome::NAMES.len()],
+    pub answers: metrics::Counter,
+    pub abandons: metrics::Counter,
+    pub voicemails: metrics::Counter,
+    pub callbacks: metrics::Counter,
 }
 
 impl HotMetrics {
@@ -284,6 +290,12 @@ impl HotMetrics {
             inbound_calls: metrics::counter!("ringline_inbound_calls_total"),
             offer_latency: metrics::histogram!("ringline_offer_latency_seconds"),
             ack_latency: metrics::histogram!("ringline_ack_latency_seconds"),
+            outcomes: crate::core::history::Outcome::NAMES
+                .map(|name| metrics::counter!("ringline_call_outcomes_total", "outcome" => name)),
+            answers: metrics::counter!("ringline_answers_total"),
+            abandons: metrics::counter!("ringline_abandons_total"),
+            voicemails: metrics::counter!("ringline_voicemails_total"),
+            callbacks: metrics::counter!("ringline_callbacks_total"),
         }
     }
 }

@@ -362,7 +362,7 @@ impl Shard {
         while let Some(o) = outputs.pop_front() {
             match o {
                 Output::Record { account, record } => {
-                    metrics_for_record(&record);
+                    metrics_for_record(&self.app.hot, &record);
                     self.records.push((account, record));
                 }
                 // Needs the journal position, known after the append.
@@ -515,16 +515,18 @@ fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64
     }
 }
 
-fn metrics_for_record(record: &crate::core::history::Record) {
+fn metrics_for_record(hot: &super::HotMetrics, record: &crate::core::history::Record) {
     use crate::core::history::{Outcome, Record};
     if let Record::Call(c) = record {
         let name = c.outcome.name();
-        metrics::counter!("ringline_call_outcomes_total", "outcome" => name).increment(1);
+        if let Some(i) = Outcome::NAMES.iter().position(|n| *n == name) {
+            hot.outcomes[i].increment(1);
+        }
         match c.outcome {
-            Outcome::Answered => metrics::counter!("ringline_answers_total").increment(1),
-            Outcome::Abandoned | Outcome::Missed => metrics::counter!("ringline_abandons_total").increment(1),
-            Outcome::Voicemail { .. } => metrics::counter!("ringline_voicemails_total").increment(1),
-            Outcome::CallbackRequested { .. } => metrics::counter!("ringline_callbacks_total").increment(1),
+            Outcome::Answered => hot.answers.increment(1),
+            Outcome::Abandoned | Outcome::Missed => hot.abandons.increment(1),
+            Outcome::Voicemail { .. } => hot.voicemails.increment(1),
+            Outcome::CallbackRequested { .. } => hot.callbacks.increment(1),
             _ => {}
         }
     }
