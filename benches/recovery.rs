@@ -38,12 +38,12 @@ fn build_journal(dir: &Path, entries: u64) {
         let input = Input::Admin {
             account: b.account.clone(),
             actor: ringline::core::Actor::System,
-            cmd: ringline::core::AdminCommand::UpsertUser {
+            cmd: Box::new(ringline::core::AdminCommand::UpsertUser {
                 user: a.as_str().into(),
                 email: format!("{a}@x.test"),
                 role: ringline::core::team::Role::Agent,
                 token_hash: None,
-            },
+            }),
         };
         let h = b.input(input.clone());
         record(&b, &input, h.journal);
@@ -66,7 +66,7 @@ fn build_journal(dir: &Path, entries: u64) {
         let input = Input::Admin {
             account: b.account.clone(),
             actor: ringline::core::Actor::System,
-            cmd: ringline::core::AdminCommand::UpsertNumber { number: format!("+1555010{n}").into(), spec },
+            cmd: Box::new(ringline::core::AdminCommand::UpsertNumber { number: format!("+1555010{n}").into(), spec }),
         };
         let h = b.input(input.clone());
         record(&b, &input, h.journal);

@@ -343,7 +343,7 @@ impl Config {
     pub fn provisioning(&self) -> Vec<Input> {
         let mut out = Vec::new();
         for account in &self.accounts {
-            let admin = |cmd| Input::Admin { account: account.id.clone(), actor: Actor::System, cmd };
+            let admin = |cmd| Input::Admin { account: account.id.clone(), actor: Actor::System, cmd: Box::new(cmd) };
             out.push(admin(AdminCommand::SetPlan { plan: account.plan }));
             out.push(admin(AdminCommand::SetPrices { prices: self.billing.clone() }));
             for user in &account.users {
@@ -1208,7 +1208,7 @@ assigned = ["gina"]
                 overflow: Overflow::Voicemail,
             },
         };
-        let admin = |cmd| Input::Admin { account: acme.clone(), actor: Actor::System, cmd };
+        let admin = |cmd| Input::Admin { account: acme.clone(), actor: Actor::System, cmd: Box::new(cmd) };
         let user = |id: &str, role, token: Option<&str>| {
             admin(AdminCommand::UpsertUser {
                 user: id.into(),

@@ -520,7 +520,7 @@ async fn journaled_admin_inputs_are_plain_inputs() {
     let input = Input::Admin {
         account: "acme".into(),
         actor: ringline::core::Actor::User("alice".into()),
-        cmd: ringline::core::AdminCommand::UpdateNumber { number: N.into(), patch: Box::new(patch) },
+        cmd: Box::new(ringline::core::AdminCommand::UpdateNumber { number: N.into(), patch: Box::new(patch) }),
     };
     let bytes = rmp_serde::to_vec_named(&input).expect("encode");
     let back: Input = rmp_serde::from_slice(&bytes).expect("decode");

@@ -72,7 +72,7 @@ async fn a_deactivated_user_gets_403_and_is_closed() {
     let app = srv.running.as_ref().unwrap().app.clone();
     let shard = app.shard_for(&"acme".into()).unwrap().clone();
     let cmd = AdminCommand::SetLifecycle { user: "a1".into(), lifecycle: Lifecycle::Deactivated };
-    shard.call(&app, Input::Admin { account: "acme".into(), actor: Actor::System, cmd }).await.unwrap();
+    shard.call(&app, Input::Admin { account: "acme".into(), actor: Actor::System, cmd: Box::new(cmd) }).await.unwrap();
     let (code, reason) = a1.expect_close().await.expect("close frame");
     assert_eq!((code, reason.as_str()), (4003, "user deactivated"));
     assert_eq!(Client::connect(srv.addr, "/v1/agent", "a1-token", "json").await.unwrap_err(), 403);

@@ -228,7 +228,7 @@ impl Account {
     }
 
     pub(crate) fn record(&mut self, record: Record) {
-        self.out.push(Output::Record { account: self.id.clone(), record });
+        self.out.push(Output::Record { account: self.id.clone(), record: Box::new(record) });
     }
 
     pub(crate) fn bind(&mut self, key: RouteKey) {

@@ -31,7 +31,10 @@ pub enum Input {
     /// A command from a softphone connection.
     Agent { account: AccountId, conn: ConnId, ref_: Option<Ref>, cmd: AgentCommand },
     /// A team or number change from the admin API or config provisioning.
-    Admin { account: AccountId, actor: Actor, cmd: AdminCommand },
+    /// Boxed: the command is larger than every other input, and each input
+    /// is moved through the shard's queue and the engine (the journal's
+    /// encoding is the same either way).
+    Admin { account: AccountId, actor: Actor, cmd: Box<AdminCommand> },
 }
 
 impl Input {

@@ -183,9 +183,17 @@ impl Engine {
         let now = now.max(self.now);
         self.now = now;
         let fired = !matches!(input, Input::Restarted { .. }) && self.fire_timers(now);
-        let result = match input {
-            Input::Tick => Ok(Reply::ReadOnly),
-            Input::Admin { account, actor, cmd: AdminCommand::SetPlan { plan } } if !self.has_account(&account) => {
+        // A plan for an account the engine does not have yet opens it.
+        let opening = match &input {
+            Input::Admin { account, cmd, .. } if !self.has_account(account) => match **cmd {
+                AdminCommand::SetPlan { plan } => Some(plan),
+                _ => None,
+            },
+            _ => None,
+        };
+        let result = match (input, opening) {
+            (Input::Tick, _) => Ok(Reply::ReadOnly),
+            (Input::Admin { account, actor, .. }, Some(plan)) => {
                 if actor != Actor::System {
                     Err(CoreError::not_found(format!("no account {account}")))
                 } else if account.as_str().is_empty() || account.as_str().len() > admin::MAX_NAME_CHARS {
@@ -198,7 +206,7 @@ impl Engine {
                     Ok(Reply::Done)
                 }
             }
-            input => {
+            (input, _) => {
                 let Some(account) = input.account() else {
                     return Handled { journal: fired, result: Ok(Reply::ReadOnly) };
                 };
@@ -441,7 +449,7 @@ impl Account {
             Input::Disconnect { conn, .. } => self.disconnect(conn),
             Input::Restarted { .. } => self.restarted(),
             Input::Agent { conn, ref_, cmd, .. } => self.agent(conn, ref_, cmd),
-            Input::Admin { actor, cmd, .. } => self.admin(actor, cmd),
+            Input::Admin { actor, cmd, .. } => self.admin(actor, *cmd),
             Input::Tick => Ok(Reply::ReadOnly),
         }
     }

@@ -19,8 +19,11 @@ pub enum Output {
     Conn { conn: ConnId, msg: AgentMessage },
     /// Close a connection (its user was deactivated or removed).
     Close { conn: ConnId, reason: CloseReason },
-    /// A history record for the store.
-    Record { account: AccountId, record: Record },
+    /// A history record for the store. Boxed: a record is three times the
+    /// size of most outputs, and every output is moved a few times on the
+    /// way out (on an offer's path, each move of a large one is more cache
+    /// lines to touch).
+    Record { account: AccountId, record: Box<Record> },
     /// A change the shell mirrors in its lookup tables, to route later
     /// inputs to this shard and to authenticate connections.
     Directory(DirectoryChange),

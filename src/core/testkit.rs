@@ -70,7 +70,7 @@ impl Bed {
         let h = self.input(Input::Admin {
             account: account.into(),
             actor: Actor::System,
-            cmd: AdminCommand::SetPlan { plan },
+            cmd: Box::new(AdminCommand::SetPlan { plan }),
         });
         assert!(h.result.is_ok(), "{h:?}");
     }
@@ -88,7 +88,7 @@ impl Bed {
     }
 
     pub fn admin(&mut self, cmd: AdminCommand) -> Handled {
-        self.input(Input::Admin { account: self.account.clone(), actor: Actor::System, cmd })
+        self.input(Input::Admin { account: self.account.clone(), actor: Actor::System, cmd: Box::new(cmd) })
     }
 
     pub fn user(&mut self, id: &str, role: Role) {
@@ -291,7 +291,7 @@ impl Bed {
         self.out
             .iter()
             .filter_map(|o| match o {
-                Output::Record { record, .. } => Some(record.clone()),
+                Output::Record { record, .. } => Some(super::history::Record::clone(record)),
                 _ => None,
             })
             .collect()

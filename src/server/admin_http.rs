@@ -89,7 +89,7 @@ fn actor(caller: &Caller) -> Actor {
 
 /// Sends a change on the caller's behalf and waits until it is durable.
 async fn run(app: &App, caller: &Caller, cmd: AdminCommand) -> Result<(), Refusal> {
-    let input = Input::Admin { account: caller.account.clone(), actor: actor(caller), cmd };
+    let input = Input::Admin { account: caller.account.clone(), actor: actor(caller), cmd: Box::new(cmd) };
     shard(app, &caller.account)?.call(app, input).await.map(|_| ()).map_err(fail)
 }
 
@@ -436,7 +436,7 @@ async fn accept_invite(State(app): State<Arc<App>>, b: Result<Json<AcceptBody>, 
         .ok_or_else(|| refuse(ErrorCode::NotFound, "unknown or already used invitation"))?;
     let token = new_token(USER_TOKEN_PREFIX);
     let cmd = AdminCommand::AcceptInvite { invite_hash: hash, token_hash: hash_token(&token) };
-    let input = Input::Admin { account: account.clone(), actor: Actor::Invitee, cmd };
+    let input = Input::Admin { account: account.clone(), actor: Actor::Invitee, cmd: Box::new(cmd) };
     shard(&app, &account)?.call(&app, input).await.map_err(fail)?;
     let view = user_now(&app, &account, user).await?;
     Ok(ok(json!({ "account": account, "user": view, "token": token })))

@@ -363,7 +363,7 @@ impl Shard {
             match o {
                 Output::Record { account, record } => {
                     metrics_for_record(&self.app.hot, &record);
-                    self.records.push((account, record));
+                    self.records.push((account, *record));
                 }
                 // Needs the journal position, known after the append.
                 o @ Output::Gateway { .. } => later.push(o),

@@ -32,7 +32,7 @@ fn add_user(b: &mut Bed, account: &str, id: &str, role: Role) {
         role,
         token_hash: Some(hash_token(&token(id))),
     };
-    let h = b.input(Input::Admin { account: account.into(), actor: Actor::System, cmd });
+    let h = b.input(Input::Admin { account: account.into(), actor: Actor::System, cmd: Box::new(cmd) });
     assert!(h.result.is_ok(), "{h:?}");
 }
 
@@ -80,7 +80,7 @@ fn world(plan: Plan) -> Bed {
 }
 
 fn by(b: &mut Bed, who: &str, cmd: AdminCommand) -> Handled {
-    b.input(Input::Admin { account: b.account.clone(), actor: Actor::User(who.into()), cmd })
+    b.input(Input::Admin { account: b.account.clone(), actor: Actor::User(who.into()), cmd: Box::new(cmd) })
 }
 
 fn code(h: &Handled) -> ErrorCode {
@@ -308,13 +308,13 @@ fn other_accounts_unknown_and_inactive_actors_may_do_nothing() {
     let h = b.input(Input::Admin {
         account: "globex".into(),
         actor: user_actor("gown"),
-        cmd: AdminCommand::SetLifecycle { user: "t1".into(), lifecycle: Lifecycle::Removed },
+        cmd: Box::new(AdminCommand::SetLifecycle { user: "t1".into(), lifecycle: Lifecycle::Removed }),
     });
     assert_eq!(code(&h), ErrorCode::NotFound);
     let h = b.input(Input::Admin {
         account: "globex".into(),
         actor: user_actor("gown"),
-        cmd: AdminCommand::UpdateNumber { number: N.into(), patch: Box::new(NumberPatch::default()) },
+        cmd: Box::new(AdminCommand::UpdateNumber { number: N.into(), patch: Box::new(NumberPatch::default()) }),
     });
     assert_eq!(code(&h), ErrorCode::NotFound);
     assert_eq!(lifecycle_of(&b, "t1"), Lifecycle::Active);
@@ -565,7 +565,7 @@ fn accept(b: &mut Bed, invite: &str, tok: &str) -> Handled {
     b.input(Input::Admin {
         account: b.account.clone(),
         actor: Actor::Invitee,
-        cmd: AdminCommand::AcceptInvite { invite_hash: invite.into(), token_hash: hash_token(tok) },
+        cmd: Box::new(AdminCommand::AcceptInvite { invite_hash: invite.into(), token_hash: hash_token(tok) }),
     })
 }
 
@@ -1213,7 +1213,7 @@ fn prices_come_from_the_provisioned_table() {
     done(&b.input(Input::Admin {
         account: "shop".into(),
         actor: Actor::System,
-        cmd: AdminCommand::SetPrices { prices },
+        cmd: Box::new(AdminCommand::SetPrices { prices }),
     }));
     add_user(&mut b, "shop", "o", Role::Owner);
     let v = billing(&b, "o");
@@ -1223,7 +1223,7 @@ fn prices_come_from_the_provisioned_table() {
     let h = b.input(Input::Admin {
         account: "shop".into(),
         actor: Actor::System,
-        cmd: AdminCommand::SetPrices { prices: bad },
+        cmd: Box::new(AdminCommand::SetPrices { prices: bad }),
     });
     assert_eq!(code(&h), ErrorCode::BadRequest);
 }
@@ -1243,7 +1243,7 @@ fn replaying_the_journal_rebuilds_teams_invitations_and_billing() {
         }
         h
     };
-    let admin = |who: Actor, cmd| Input::Admin { account: "shop".into(), actor: who, cmd };
+    let admin = |who: Actor, cmd| Input::Admin { account: "shop".into(), actor: who, cmd: Box::new(cmd) };
     let o = || user_actor("o");
     b.now = T0 + DAY * 3;
     feed(
