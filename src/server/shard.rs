@@ -205,14 +205,24 @@ impl Shard {
             self.process(Input::Restarted { account }, Origin::None, crate::clock::Clock::tokio_now()).await;
         }
         let mut gauges = tokio::time::interval(std::time::Duration::from_secs(1));
+        // One timer for the engine's deadlines, moved only when the
+        // deadline moves. A fresh `sleep_until` per message registered with
+        // the runtime's timer wheel and, dropped when the message won the
+        // `select!`, took the timer driver's lock to leave it again, before
+        // the input was handled: cold shared memory on every offer's path.
+        // (Its first deadline is set before it is first polled.)
+        let sleep = tokio::time::sleep_until(crate::clock::Clock::tokio_now());
+        tokio::pin!(sleep);
+        // The deadline the timer is set to while it has not fired.
+        let mut armed = None;
         loop {
             let deadline = self.engine.next_deadline().map(|t| self.app.clock.deadline(t));
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if let Some(d) = deadline
+                && armed != Some(d)
+            {
+                sleep.as_mut().reset(d);
+                armed = Some(d);
+            }
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
@@ -231,7 +241,10 @@ impl Shard {
                         }
                     }
                 }
-                _ = sleep => self.process(Input::Tick, Origin::None, crate::clock::Clock::tokio_now()).await,
+                () = &mut sleep, if deadline.is_some() => {
+                    armed = None;
+                    self.process(Input::Tick, Origin::None, crate::clock::Clock::tokio_now()).await;
+                }
                 _ = gauges.tick() => self.publish_gauges(),
             }
         }
