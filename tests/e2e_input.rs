@@ -257,6 +257,11 @@ async fn a_shard_that_falls_behind_refuses_work_instead_of_queueing_it() {
     let srv = TestServer::start(&cfg().replace("[server]\n", "[server]\nshard_queue = 4\n")).await;
     let mut gw = srv.gateway().await;
     let mut a1 = srv.agent("a1").await;
+    // a1's `hello` is written by the shard itself; a round trip makes sure
+    // a1's own task is serving it before the shard's thread is blocked (a
+    // task Tokio woke on that thread would wait for it).
+    a1.send(json!({"type": "ping", "ref": "up"})).await;
+    a1.expect("pong").await;
     let inbound = |i: u32| json!({"type": "call.inbound", "call_id": format!("c{i}"), "to": N, "from": "+1"});
     // Hold acme's shard until told (as a long snapshot or a burst would).
     let go = hold_shard(&srv, "acme");
@@ -378,8 +383,14 @@ async fn a_client_that_stops_reading_is_disconnected() {
     let mut slow = srv.agent("a1").await;
     let mut gw = srv.gateway().await;
     let app = srv.running.as_ref().unwrap().app.clone();
-    // Whether the server still holds a connection of a1.
-    let a1_connected = || app.dir.user_conns.get(&("acme".into(), "a1".into())).is_some_and(|ids| !ids.is_empty());
+    // Whether the server still holds a connection of a1 that it is not
+    // closing (a closing one may take its close grace to go).
+    let a1_connected = || {
+        app.dir
+            .user_conns
+            .get(&("acme".into(), "a1".into()))
+            .is_some_and(|ids| ids.iter().any(|id| app.dir.conns.get(id).is_some_and(|c| !c.is_closing())))
+    };
     let body = "y".repeat(1500);
     // Shared-inbox traffic fans out to a1, who never reads it. How much
     // the kernel buffers before the server's queue backs up depends on the

@@ -77,6 +77,7 @@ async fn run(app: Arc<App>, mut socket: WebSocket, account: AccountId, user: Use
         encoding,
         cfg.outbound_queue,
     );
+    handle.attach(socket, app.hot.offer_latency.clone());
     app.dir.conns.insert(id, handle.clone());
     metrics::gauge!("ringline_connections", "kind" => "agent").increment(1.0);
     tracing::debug!(conn = id.0, %account, %user, "agent connected");
@@ -112,7 +113,6 @@ async fn run(app: Arc<App>, mut socket: WebSocket, account: AccountId, user: Use
     };
     let ping = cfg.ping_interval;
     serve_single(
-        socket,
         &handle,
         rx,
         encoding,

@@ -1,8 +1,9 @@
 //! What every WebSocket connection has: a bounded outbox (queue and close
 //! request) drained by its writer, keep-alive, an idle timeout, and a rate
 //! limit on what it sends us. Agents run it all in one task
-//! ([`serve_single`]); gateways read and write in two ([`read_loop`],
-//! [`write_loop`]).
+//! ([`serve_single`]), and whoever sends to an agent with nothing queued
+//! writes to its socket itself ([`ConnHandle::send_all`]); gateways read
+//! and write in two tasks ([`read_loop`], [`write_loop`]).
 //!
 //! Back-pressure: the queue holds `server.outbound_queue` messages. A client
 //! that stops reading fills it; the next message that does not fit closes
@@ -21,8 +22,8 @@ use crate::protocol::agent::AgentMessage;
 use crate::protocol::gateway::GatewayCommand;
 use crate::store::JournalHandle;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -88,6 +89,23 @@ struct Outbox {
     /// to its user. Before that, such messages describe a state its
     /// `hello` will already show.
     greeted: std::sync::atomic::AtomicBool,
+    /// A softphone's socket (none for gateways, or once closing). Its task
+    /// reads and writes it through [`SocketRef`]; a sender writes to it
+    /// itself when nothing is queued or being written (see
+    /// [`ConnHandle::send_all`]). Lock order: `state`, then this one, and
+    /// only with `try_lock` there, so the two never wait on each other.
+    socket: Mutex<Option<Socket>>,
+}
+
+struct Socket {
+    ws: WebSocket,
+    offer_latency: metrics::Histogram,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").field("ws", &self.ws).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +113,14 @@ struct OutboxState {
     queue: VecDeque<Outbound>,
     close: Option<CloseRequest>,
     writer_gone: bool,
+    /// The connection's task has taken messages to write (or is writing a
+    /// ping or its close) and has not finished: a sender must queue behind
+    /// them, not write past them.
+    writing: bool,
+    /// A sender's write did not complete (the peer is not reading, or the
+    /// socket failed): the connection's task finishes it, with its own
+    /// waker, before anything else is written directly.
+    unflushed: bool,
 }
 
 /// Capacity a drained queue keeps; a burst's larger buffer is given back.
@@ -111,8 +137,21 @@ impl Outbox {
 impl ConnHandle {
     pub fn new(id: ConnId, kind: ConnKind, encoding: Encoding, queue: usize) -> (ConnHandle, ConnRx) {
         let greeted = std::sync::atomic::AtomicBool::new(matches!(kind, ConnKind::Gateway { .. }));
-        let outbox = Arc::new(Outbox { state: Mutex::default(), wake: Notify::new(), cap: queue.max(1), greeted });
+        let outbox = Arc::new(Outbox {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            cap: queue.max(1),
+            greeted,
+            socket: Mutex::new(None),
+        });
         (ConnHandle { id, kind, encoding, outbox: outbox.clone() }, ConnRx { outbox })
+    }
+
+    /// Hands a softphone's socket to the connection, for [`serve_single`]
+    /// and for direct writes; offers written directly are timed into
+    /// `offer_latency`.
+    pub fn attach(&self, ws: WebSocket, offer_latency: metrics::Histogram) {
+        *lock_socket(&self.outbox.socket) = Some(Socket { ws, offer_latency });
     }
 
     /// The engine's first message to a softphone connection is its
@@ -132,12 +171,40 @@ impl ConnHandle {
         self.send_all([out])
     }
 
-    /// Queues messages in order under one lock and wakes the writer once;
-    /// a full queue closes the connection. Returns whether all of them
-    /// were queued.
+    /// Queues messages in order under one lock and wakes the writer once
+    /// (or writes them at once, below); a full queue closes the
+    /// connection. Returns whether all of them were queued or written.
+    ///
+    /// A softphone with nothing queued or being written gets the messages
+    /// written at once, from the caller's thread, when its task is not
+    /// using the socket just then: an offer goes out without waking the
+    /// connection's task first (at light load that wake-up and poll are
+    /// tens of cold cache lines on every offer's path). The write never
+    /// waits: what the socket does not take at once stays in the
+    /// connection's write buffer for its task to finish, and until then
+    /// messages queue as before, so the queue's bound still applies.
     pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) -> bool {
         let mut st = self.outbox.lock();
-        let mut queued = false;
+        let mut outs = outs.into_iter();
+        let mut unfinished = false;
+        // `try_lock` fails while the connection's task is reading or
+        // writing the socket: then the messages are queued for it.
+        if st.queue.is_empty()
+            && !st.writing
+            && !st.unflushed
+            && !st.writer_gone
+            && st.close.is_none()
+            && let Ok(mut guard) = self.outbox.socket.try_lock()
+            && let Some(socket) = guard.as_mut()
+        {
+            if write_now(socket, self.encoding, &mut outs) {
+                return true;
+            }
+            // The rest (if any) queues behind what is in the write buffer.
+            st.unflushed = true;
+            unfinished = true;
+        }
+        let mut queued = unfinished;
         let mut all = true;
         for out in outs {
             if st.writer_gone || st.close.is_some() {
@@ -186,12 +253,16 @@ pub struct ConnRx {
 pub enum Next {
     Send(Outbound),
     Close(CloseRequest),
+    /// Finish a sender's direct write.
+    Flush,
 }
 
 impl ConnRx {
     /// The next message to write, or the close request, which goes first
-    /// (what is still queued for a closing connection is not sent).
-    /// Cancel-safe: nothing is taken until it is returned.
+    /// (what is still queued for a closing connection is not sent), or a
+    /// sender's unfinished direct write to flush. Cancel-safe: nothing is
+    /// taken until it is returned. A message or flush returned marks the
+    /// connection as writing until [`ConnRx::done_writing`].
     pub async fn next(&self) -> Next {
         loop {
             {
@@ -203,13 +274,41 @@ impl ConnRx {
                     if st.queue.is_empty() && st.queue.capacity() > KEEP_CAPACITY {
                         st.queue.shrink_to(KEEP_CAPACITY);
                     }
+                    // Flushing the batch also flushes an unfinished direct
+                    // write: it is ahead of these in the write buffer.
+                    st.writing = true;
+                    st.unflushed = false;
                     return Next::Send(out);
+                }
+                if st.unflushed {
+                    st.writing = true;
+                    st.unflushed = false;
+                    return Next::Flush;
                 }
             }
             // `notify_one` leaves a permit when nobody waits, so a push
             // between the check above and this wait is not missed.
             self.outbox.wake.notified().await;
         }
+    }
+
+    /// Marks the connection as writing (a ping, its close): senders queue
+    /// meanwhile. What a sender left unflushed goes out with it.
+    pub fn begin_writing(&self) {
+        let mut st = self.outbox.lock();
+        st.writing = true;
+        st.unflushed = false;
+    }
+
+    /// The write that [`ConnRx::next`] or [`ConnRx::begin_writing`] started
+    /// is complete: senders may write directly again.
+    pub fn done_writing(&self) {
+        self.outbox.lock().writing = false;
+    }
+
+    /// The socket, as the connection's task uses it.
+    fn socket(&self) -> SocketRef<'_> {
+        SocketRef(&self.outbox.socket)
     }
 
     /// Resolves once the connection is asked to close.
@@ -255,6 +354,101 @@ impl Drop for ConnRx {
         let mut st = self.outbox.lock();
         st.writer_gone = true;
         st.queue = VecDeque::new();
+        drop(st);
+        let socket = lock_socket(&self.outbox.socket).take();
+        drop(socket);
+    }
+}
+
+fn lock_socket(socket: &Mutex<Option<Socket>>) -> MutexGuard<'_, Option<Socket>> {
+    // Whoever panicked holding it left the socket as tungstenite leaves it
+    // after any failed call; the next use reports the error.
+    socket.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes softphone messages without waiting, with a no-op waker: nothing
+/// here may take the connection task's place as the one woken when the
+/// socket can take more. Returns whether all of `outs` was written and
+/// flushed; if not, what the socket did not take is still in `outs` (or,
+/// for a socket that failed, lost with the connection, as it would be
+/// from the queue), and the task must flush the rest.
+fn write_now(socket: &mut Socket, encoding: Encoding, outs: &mut impl Iterator<Item = Outbound>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut ws = Pin::new(&mut socket.ws);
+    let mut offers = Vec::new();
+    loop {
+        // Ready unless an earlier message of this call hit a full socket.
+        if !matches!(ws.as_mut().poll_ready(&mut cx), std::task::Poll::Ready(Ok(()))) {
+            return false;
+        }
+        // Gateway messages are not for softphones (as in `gather`).
+        let Some(out) = outs.next() else { break };
+        let Outbound::Agent { msg, born } = out else { continue };
+        let Some(frame) = encode(encoding, &*msg) else { continue };
+        if ws.as_mut().start_send(frame).is_err() {
+            return false;
+        }
+        if let (AgentMessage::Offer { .. }, Some(born)) = (&*msg, born) {
+            offers.push(born);
+        }
+    }
+    if !matches!(ws.as_mut().poll_flush(&mut cx), std::task::Poll::Ready(Ok(()))) {
+        return false;
+    }
+    for born in offers {
+        socket.offer_latency.record(born.elapsed().as_secs_f64());
+    }
+    true
+}
+
+/// A softphone's socket as its task reads and writes it: locked for each
+/// poll only, so a sender can write between them.
+struct SocketRef<'a>(&'a Mutex<Option<Socket>>);
+
+fn gone() -> axum::Error {
+    axum::Error::new(std::io::Error::from(std::io::ErrorKind::NotConnected))
+}
+
+impl futures_util::Stream for SocketRef<'_> {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => Pin::new(&mut s.ws).poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl futures_util::Sink<Message> for SocketRef<'_> {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => Pin::new(&mut s.ws).poll_ready(cx),
+            None => std::task::Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), axum::Error> {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => Pin::new(&mut s.ws).start_send(item),
+            None => Err(gone()),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => Pin::new(&mut s.ws).poll_flush(cx),
+            None => std::task::Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => Pin::new(&mut s.ws).poll_close(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -288,6 +482,11 @@ pub async fn write_loop(
                 next = rx.next() => match next {
                     Next::Close(req) => break Some(req),
                     Next::Send(out) => out,
+                    // Gateways' messages are never written directly.
+                    Next::Flush => {
+                        rx.done_writing();
+                        continue;
+                    }
                 },
                 _ = ping.tick() => {
                     if let Err(stop) = send_unless_closed(&mut sink, [Message::Ping(Default::default())], &rx, NO_STOP).await {
@@ -567,9 +766,12 @@ pub async fn read_loop(
 ///
 /// While a write to a peer that stopped reading is blocked, nothing is
 /// read from it; a close requested meanwhile still ends the connection.
+///
+/// The socket is the one [`ConnHandle::attach`] gave the connection;
+/// senders may write to it between this task's uses (see
+/// [`ConnHandle::send_all`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_single(
-    mut socket: WebSocket,
     handle: &ConnHandle,
     rx: ConnRx,
     encoding: Encoding,
@@ -593,6 +795,7 @@ pub async fn serve_single(
         let _ = shutdown.wait_for(|s| *s).await;
     };
     tokio::pin!(stop);
+    let mut socket = rx.socket();
     let reason = loop {
         tokio::select! {
             biased;
@@ -600,25 +803,24 @@ pub async fn serve_single(
                 break Some(CloseRequest { code: close::GOING_AWAY, reason: "server shutting down".into() });
             }
             next = rx.next() => {
-                let first = match next {
-                    Next::Close(req) => break Some(req),
-                    Next::Send(out) => out,
-                };
                 // Whatever else is queued goes out in the same write (an
                 // offer and the `status` it causes, a burst of revokes): one
-                // syscall instead of one per message.
-                let Batch { frames, stamps: offers, .. } = gather(first, &rx, encoding, None);
-                if frames.is_empty() {
-                    continue;
-                }
+                // syscall instead of one per message. A flush alone
+                // finishes a sender's direct write.
+                let Batch { frames, stamps: offers, .. } = match next {
+                    Next::Close(req) => break Some(req),
+                    Next::Send(first) => gather(first, &rx, encoding, None),
+                    Next::Flush => Batch { frames: Vec::new(), stamps: Vec::new(), held: None },
+                };
                 if let Err(stop) = send_unless_closed(&mut socket, frames, &rx, Some(stop.as_mut())).await {
                     break stop;
                 }
+                rx.done_writing();
                 for born in offers {
                     offer_latency.record(born.elapsed().as_secs_f64());
                 }
             }
-            frame = socket.recv() => {
+            frame = socket.next() => {
                 let msg = match frame {
                     None => break None,
                     Some(Err(e)) => break read_failure(e).map(|(code, reason)| CloseRequest { code, reason: reason.into() }),
@@ -643,19 +845,26 @@ pub async fn serve_single(
                 }
                 if now >= next_ping {
                     next_ping = now + ping_every;
+                    rx.begin_writing();
                     if let Err(stop) = send_unless_closed(&mut socket, [Message::Ping(Default::default())], &rx, Some(stop.as_mut())).await {
                         break stop;
                     }
+                    rx.done_writing();
                 }
                 timer.as_mut().reset(next_ping.min(heard + policy.idle_timeout));
             }
         }
     };
-    // Whoever closed it, later `send`s must see the connection closing.
+    // Whoever closed it, later `send`s must see the connection closing,
+    // and nothing may be written past the close frame.
     if let Some(req) = &reason {
         handle.close(req.code, &req.reason);
     }
+    rx.begin_writing();
     say_goodbye(&mut socket, reason.as_ref()).await;
+    // Closed: the socket is not kept for as long as a handle lives.
+    let closed = lock_socket(&rx.outbox.socket).take();
+    drop(closed);
     reason
 }
 
@@ -877,6 +1086,116 @@ mod tests {
             matches!(&next, Some(Outbound::Agent { msg, .. }) if matches!(&**msg, AgentMessage::Pong { ref_: Some(r) } if **r == *want)),
             "{next:?}"
         );
+    }
+
+    /// A softphone connection on a real axum WebSocket, and its peer.
+    async fn softphone() -> (
+        ConnHandle,
+        ConnRx,
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<WebSocket>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move |ws: axum::extract::ws::WebSocketUpgrade| {
+                let tx = tx.clone();
+                async move {
+                    ws.on_upgrade(move |socket| async move {
+                        if let Some(tx) = tx.lock().unwrap().take() {
+                            let _ = tx.send(socket);
+                        }
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (peer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        let kind = ConnKind::Agent { account: "a".into(), user: "u".into() };
+        let (h, conn_rx) = ConnHandle::new(ConnId(1), kind, Encoding::Json, 64);
+        h.attach(rx.await.unwrap(), metrics::Histogram::noop());
+        (h, conn_rx, peer)
+    }
+
+    fn numbered(i: usize, pad: usize) -> Outbound {
+        let msg = AgentMessage::Error {
+            ref_: Some(crate::protocol::Ref::from(format!("m{i}").as_str())),
+            code: crate::protocol::ErrorCode::BadRequest,
+            message: "x".repeat(pad),
+        };
+        Outbound::Agent { msg: Arc::new(msg), born: None }
+    }
+
+    /// The `ref` of the next text frame the peer reads.
+    async fn next_ref(
+        peer: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> String {
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), peer.next()).await.expect("a frame").unwrap().unwrap();
+            if let WsMessage::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                return v["ref"].as_str().unwrap().to_owned();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_with_nothing_queued_is_written_without_the_connections_task() {
+        // No task serves this connection: only a direct write reaches the peer.
+        let (h, rx, mut peer) = softphone().await;
+        assert!(h.send_all([numbered(0, 0), numbered(1, 0)]));
+        assert!(rx.try_next().is_none(), "nothing was queued");
+        assert_eq!(next_ref(&mut peer).await, "m0");
+        assert_eq!(next_ref(&mut peer).await, "m1");
+    }
+
+    #[tokio::test]
+    async fn a_send_queues_behind_a_write_in_progress() {
+        let (h, rx, mut peer) = softphone().await;
+        rx.begin_writing();
+        assert!(h.send(numbered(0, 0)));
+        assert!(tokio::time::timeout(Duration::from_millis(100), peer.next()).await.is_err(), "written past the task");
+        assert!(matches!(rx.try_next(), Some(Outbound::Agent { .. })), "queued for the task");
+        rx.done_writing();
+        assert!(h.send(numbered(1, 0)));
+        assert_eq!(next_ref(&mut peer).await, "m1");
+        // A closing connection takes nothing more, directly or queued.
+        h.close(close::POLICY, "bye");
+        assert!(!h.send(numbered(2, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_direct_write_the_socket_cannot_take_is_finished_by_the_task_in_order() {
+        let (h, rx, mut peer) = softphone().await;
+        // The peer reads nothing until the socket is full.
+        let mut sent = 0;
+        while !rx.outbox.lock().unflushed {
+            assert!(sent < 10_000, "the socket never filled");
+            assert!(h.send(numbered(sent, 16 * 1024)));
+            sent += 1;
+        }
+        // What comes next queues behind the unfinished write.
+        assert!(h.send(numbered(sent, 0)));
+        assert!(matches!(rx.try_next(), Some(Outbound::Agent { .. })));
+        assert!(h.send(numbered(sent + 1, 0)));
+        // The task's next write flushes the unfinished one first.
+        let Next::Send(first) = rx.next().await else { panic!("the queued message") };
+        let reader = tokio::spawn(async move {
+            let mut refs = Vec::new();
+            // Everything but m{sent}, which the test took off the queue.
+            for _ in 0..=sent {
+                refs.push(next_ref(&mut peer).await);
+            }
+            refs
+        });
+        let batch = gather(first, &rx, Encoding::Json, None);
+        send_unless_closed(&mut rx.socket(), batch.frames, &rx, NO_STOP).await.unwrap();
+        rx.done_writing();
+        let want: Vec<String> = (0..=sent + 1).filter(|&i| i != sent).map(|i| format!("m{i}")).collect();
+        assert_eq!(reader.await.unwrap(), want);
     }
 
     #[tokio::test]
