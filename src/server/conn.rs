@@ -52,6 +52,16 @@ pub enum ConnKind {
     Gateway { name: GatewayName },
 }
 
+/// What became of messages handed to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// All of them were written or queued (none are once the connection
+    /// is closing or gone).
+    pub all: bool,
+    /// The connection's task was woken: to write them, or to close.
+    pub woke: bool,
+}
+
 /// A close requested from outside the connection's own tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseRequest {
@@ -172,8 +182,15 @@ impl ConnHandle {
     }
 
     /// Queues messages in order under one lock and wakes the writer once
-    /// (or writes them at once, below); a full queue closes the
-    /// connection. Returns whether all of them were queued or written.
+    /// (or writes them at once, see [`ConnHandle::push`]); a full queue
+    /// closes the connection. Returns whether all of them were queued or
+    /// written.
+    pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) -> bool {
+        self.push(outs).all
+    }
+
+    /// [`ConnHandle::send_all`], saying also whether the connection's task
+    /// was woken.
     ///
     /// A softphone with nothing queued or being written gets the messages
     /// written at once, from the caller's thread, when its task is not
@@ -183,7 +200,7 @@ impl ConnHandle {
     /// waits: what the socket does not take at once stays in the
     /// connection's write buffer for its task to finish, and until then
     /// messages queue as before, so the queue's bound still applies.
-    pub fn send_all(&self, outs: impl IntoIterator<Item = Outbound>) -> bool {
+    pub fn push(&self, outs: impl IntoIterator<Item = Outbound>) -> Sent {
         let mut st = self.outbox.lock();
         let mut outs = outs.into_iter();
         let mut unfinished = false;
@@ -198,7 +215,7 @@ impl ConnHandle {
             && let Some(socket) = guard.as_mut()
         {
             if write_now(socket, self.encoding, &mut outs) {
-                return true;
+                return Sent { all: true, woke: false };
             }
             // The rest (if any) queues behind what is in the write buffer.
             st.unflushed = true;
@@ -215,7 +232,7 @@ impl ConnHandle {
                 drop(st);
                 metrics::counter!("ringline_slow_clients_total").increment(1);
                 self.close(close::POLICY, "too slow: outbound queue full");
-                return false;
+                return Sent { all: false, woke: true };
             }
             st.queue.push_back(out);
             queued = true;
@@ -224,7 +241,7 @@ impl ConnHandle {
         if queued {
             self.outbox.wake.notify_one();
         }
-        all
+        Sent { all, woke: queued }
     }
 
     /// Asks the writer to close the connection; the first request wins.
@@ -1146,7 +1163,7 @@ mod tests {
     async fn a_send_with_nothing_queued_is_written_without_the_connections_task() {
         // No task serves this connection: only a direct write reaches the peer.
         let (h, rx, mut peer) = softphone().await;
-        assert!(h.send_all([numbered(0, 0), numbered(1, 0)]));
+        assert_eq!(h.push([numbered(0, 0), numbered(1, 0)]), Sent { all: true, woke: false });
         assert!(rx.try_next().is_none(), "nothing was queued");
         assert_eq!(next_ref(&mut peer).await, "m0");
         assert_eq!(next_ref(&mut peer).await, "m1");
@@ -1156,7 +1173,7 @@ mod tests {
     async fn a_send_queues_behind_a_write_in_progress() {
         let (h, rx, mut peer) = softphone().await;
         rx.begin_writing();
-        assert!(h.send(numbered(0, 0)));
+        assert_eq!(h.push([numbered(0, 0)]), Sent { all: true, woke: true });
         assert!(tokio::time::timeout(Duration::from_millis(100), peer.next()).await.is_err(), "written past the task");
         assert!(matches!(rx.try_next(), Some(Outbound::Agent { .. })), "queued for the task");
         rx.done_writing();
@@ -1165,6 +1182,29 @@ mod tests {
         // A closing connection takes nothing more, directly or queued.
         h.close(close::POLICY, "bye");
         assert!(!h.send(numbered(2, 0)));
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_direct_write_alone_wakes_the_task_to_flush_it() {
+        let (h, rx, mut peer) = softphone().await;
+        let mut sent = 0;
+        while !rx.outbox.lock().unflushed {
+            assert!(sent < 10_000, "the socket never filled");
+            assert!(h.send(numbered(sent, 16 * 1024)));
+            sent += 1;
+        }
+        let next = tokio::time::timeout(Duration::from_secs(2), rx.next()).await.expect("the task is woken");
+        assert!(matches!(next, Next::Flush), "{next:?}");
+        let reader = tokio::spawn(async move {
+            let mut last = String::new();
+            for _ in 0..sent {
+                last = next_ref(&mut peer).await;
+            }
+            last
+        });
+        send_unless_closed(&mut rx.socket(), Vec::<Message>::new(), &rx, NO_STOP).await.unwrap();
+        rx.done_writing();
+        assert_eq!(reader.await.unwrap(), format!("m{}", sent - 1), "the last message reached the peer");
     }
 
     #[tokio::test]

@@ -157,10 +157,13 @@ fn carrier_key(cmd: &GatewayCommand) -> Option<RouteKey> {
     }
 }
 
-/// Routes one engine output to where it goes.
-pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Instant>) {
+/// Routes one engine output to where it goes. Returns whether it woke a
+/// softphone connection's task to write it (a message written at once
+/// does not).
+pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Instant>) -> bool {
+    let mut woke = false;
     match o {
-        Output::User { account, user, msg } => deliver_to_user(app, account, user, vec![msg], born),
+        Output::User { account, user, msg } => woke = deliver_to_user(app, account, user, vec![msg], born),
         Output::Users { account, users, msg } => {
             let msg = Arc::new(msg);
             for user in users {
@@ -169,7 +172,7 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
                         if let Some(c) = app.dir.conns.get(id)
                             && c.greeted()
                         {
-                            c.send(Outbound::Agent { msg: msg.clone(), born });
+                            woke |= c.push([Outbound::Agent { msg: msg.clone(), born }]).woke;
                         }
                     }
                 }
@@ -178,7 +181,7 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
         Output::Conn { conn, msg } => {
             if let Some(c) = app.dir.conns.get(&conn) {
                 c.greet();
-                c.send(Outbound::Agent { msg: Arc::new(msg), born });
+                woke = c.push([Outbound::Agent { msg: Arc::new(msg), born }]).woke;
             }
         }
         Output::Close { conn, reason } => {
@@ -190,18 +193,21 @@ pub fn deliver(app: &App, o: Output, after: u64, born: Option<tokio::time::Insta
         Output::Directory(change) => app.dir.apply(&change),
         Output::Record { .. } => {}
     }
+    woke
 }
 
-/// Queues messages for every connection of one user, in order.
+/// Sends messages to every connection of one user, in order. Returns
+/// whether a connection's task was woken to write them.
 pub fn deliver_to_user(
     app: &App,
     account: AccountId,
     user: UserId,
     msgs: Vec<AgentMessage>,
     born: Option<tokio::time::Instant>,
-) {
-    // Sending only queues (or marks the connection for closing), so
-    // holding the map entries meanwhile is fine.
+) -> bool {
+    let mut woke = false;
+    // Sending queues, or writes without waiting, or marks the connection
+    // for closing, so holding the map entries meanwhile is fine.
     if let Some(conns) = app.dir.user_conns.get(&(account, user)) {
         let msgs: Vec<Arc<AgentMessage>> = msgs.into_iter().map(Arc::new).collect();
         for id in conns.iter() {
@@ -210,10 +216,11 @@ pub fn deliver_to_user(
             if let Some(c) = app.dir.conns.get(id)
                 && c.greeted()
             {
-                c.send_all(msgs.iter().map(|m| Outbound::Agent { msg: m.clone(), born }));
+                woke |= c.push(msgs.iter().map(|m| Outbound::Agent { msg: m.clone(), born })).woke;
             }
         }
     }
+    woke
 }
 
 /// How to start a server.

@@ -178,8 +178,9 @@ struct Routed {
     journal: Option<(crate::core::Instant, AccountId, Input)>,
     /// Gateway messages, held for the journal position.
     later: Vec<Output>,
-    /// Whether a softphone was sent anything.
-    delivered: bool,
+    /// Whether a softphone connection's task was woken to write something
+    /// (not when everything was written at once).
+    woke: bool,
     /// The rest of a fan-out, delivered after the first offer is written.
     rest: VecDeque<Output>,
 }
@@ -290,25 +291,27 @@ impl Shard {
     /// gone from the recovered state), and everything that acts on a call
     /// (`call.bridge`, acks) goes to the gateway only once durable.
     ///
-    /// When nothing else is queued, the shard yields between the two halves
-    /// so the connections' tasks (woken on this thread, next in line) write
-    /// the offers before the journal work: at light load that takes the
-    /// append and the writer thread's wake-up (tens of microseconds on a
-    /// VM, measured) off the offer's path. Under load the shard does not
-    /// yield; it keeps batching.
+    /// Most softphone messages are written at once, from here (see
+    /// [`super::conn::ConnHandle::push`]). When one had to wake its
+    /// connection's task instead and nothing else is queued, the shard
+    /// yields between the two halves so that task (woken on this thread,
+    /// next in line) writes it before the journal work: at light load that
+    /// takes the append and the writer thread's wake-up (tens of
+    /// microseconds on a VM, measured) off the offer's path. Under load the
+    /// shard does not yield; it keeps batching.
     async fn process(&mut self, input: Input, origin: Origin, born: tokio::time::Instant) {
         let mut routed = self.route(input, born);
         if !routed.rest.is_empty() {
             // A fan-out (`ring_all`): the first phone's offer is written
             // before the others are queued, so the first ring does not wait
             // for all of them.
-            if self.rx.is_empty() {
+            if routed.woke && self.rx.is_empty() {
                 tokio::task::yield_now().await;
             }
             let mut rest = std::mem::take(&mut routed.rest);
-            routed.delivered |= self.dispatch(&mut rest, born, &mut routed.later, false);
+            routed.woke |= self.dispatch(&mut rest, born, &mut routed.later, false);
         }
-        if routed.delivered && self.rx.is_empty() {
+        if routed.woke && self.rx.is_empty() {
             tokio::task::yield_now().await;
         }
         let after = self.append(&mut routed);
@@ -338,7 +341,7 @@ impl Shard {
         let h = self.engine.handle(now, input);
         let mut later = Vec::new();
         let mut rest: VecDeque<Output> = self.engine.drain_outputs().collect();
-        let delivered = self.dispatch(&mut rest, born, &mut later, true);
+        let woke = self.dispatch(&mut rest, born, &mut later, true);
         if let (Some(call), Some(account)) = (inbound, &account) {
             match h.result {
                 Ok(Reply::Done) => self.app.hot.inbound_calls.increment(1),
@@ -355,7 +358,7 @@ impl Shard {
             (true, Some(copy), Some(account)) => Some((now, account, copy)),
             _ => None,
         };
-        Routed { result: h.result, journal, later, delivered, rest }
+        Routed { result: h.result, journal, later, woke, rest }
     }
 
     /// Handles `outputs` in order: records are kept
@@ -363,7 +366,8 @@ impl Shard {
     /// journal position), the rest is delivered. With `split`, it stops
     /// after the first user's offer when what is left is only more users'
     /// messages, history and gateway messages (a fan-out), leaving them
-    /// in `outputs`. Returns whether a softphone was sent anything.
+    /// in `outputs`. Returns whether a softphone connection's task was
+    /// woken to write something.
     fn dispatch(
         &mut self,
         outputs: &mut VecDeque<Output>,
@@ -371,7 +375,7 @@ impl Shard {
         later: &mut Vec<Output>,
         mut split: bool,
     ) -> bool {
-        let mut delivered = false;
+        let mut woke = false;
         while let Some(o) = outputs.pop_front() {
             match o {
                 Output::Record { account, record } => {
@@ -394,8 +398,7 @@ impl Shard {
                     }
                     let offers = msgs.iter().filter(|m| matches!(m, AgentMessage::Offer { .. })).count();
                     self.app.hot.offers.increment(offers as u64);
-                    delivered = true;
-                    super::deliver_to_user(&self.app, account, user, msgs, Some(born));
+                    woke |= super::deliver_to_user(&self.app, account, user, msgs, Some(born));
                     // Only the first phone's offer is worth a split.
                     if split && offers > 0 {
                         if is_fan_out(outputs) {
@@ -405,13 +408,12 @@ impl Shard {
                     }
                 }
                 o => {
-                    delivered |= matches!(o, Output::Users { .. } | Output::Conn { .. });
                     // `after` only matters to gateway messages.
-                    super::deliver(&self.app, o, 0, Some(born));
+                    woke |= super::deliver(&self.app, o, 0, Some(born));
                 }
             }
         }
-        delivered
+        woke
     }
 
     /// Journals the input with the history it produced; returns the journal
