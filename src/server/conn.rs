@@ -1184,15 +1184,22 @@ mod tests {
         assert!(!h.send(numbered(2, 0)));
     }
 
-    #[tokio::test]
-    async fn an_unfinished_direct_write_alone_wakes_the_task_to_flush_it() {
-        let (h, rx, mut peer) = softphone().await;
+    /// Sends 16 KiB messages `m0`, `m1`, ... to a peer that reads nothing
+    /// until a direct write is left unfinished; returns how many were sent.
+    fn fill_until_unflushed(h: &ConnHandle, rx: &ConnRx) -> usize {
         let mut sent = 0;
         while !rx.outbox.lock().unflushed {
             assert!(sent < 10_000, "the socket never filled");
             assert!(h.send(numbered(sent, 16 * 1024)));
             sent += 1;
         }
+        sent
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_direct_write_alone_wakes_the_task_to_flush_it() {
+        let (h, rx, mut peer) = softphone().await;
+        let sent = fill_until_unflushed(&h, &rx);
         let next = tokio::time::timeout(Duration::from_secs(2), rx.next()).await.expect("the task is woken");
         assert!(matches!(next, Next::Flush), "{next:?}");
         let reader = tokio::spawn(async move {
@@ -1210,13 +1217,7 @@ mod tests {
     #[tokio::test]
     async fn a_direct_write_the_socket_cannot_take_is_finished_by_the_task_in_order() {
         let (h, rx, mut peer) = softphone().await;
-        // The peer reads nothing until the socket is full.
-        let mut sent = 0;
-        while !rx.outbox.lock().unflushed {
-            assert!(sent < 10_000, "the socket never filled");
-            assert!(h.send(numbered(sent, 16 * 1024)));
-            sent += 1;
-        }
+        let sent = fill_until_unflushed(&h, &rx);
         // What comes next queues behind the unfinished write.
         assert!(h.send(numbered(sent, 0)));
         assert!(matches!(rx.try_next(), Some(Outbound::Agent { .. })));
