@@ -426,14 +426,21 @@ fn gone() -> axum::Error {
     axum::Error::new(std::io::Error::from(std::io::ErrorKind::NotConnected))
 }
 
+impl SocketRef<'_> {
+    /// `f` on the socket under its lock, or `closed()` once it is gone.
+    fn locked<R>(&self, closed: impl FnOnce() -> R, f: impl FnOnce(Pin<&mut WebSocket>) -> R) -> R {
+        match lock_socket(self.0).as_mut() {
+            Some(s) => f(Pin::new(&mut s.ws)),
+            None => closed(),
+        }
+    }
+}
+
 impl futures_util::Stream for SocketRef<'_> {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
-        match lock_socket(self.0).as_mut() {
-            Some(s) => Pin::new(&mut s.ws).poll_next(cx),
-            None => std::task::Poll::Ready(None),
-        }
+        self.locked(|| std::task::Poll::Ready(None), |ws| ws.poll_next(cx))
     }
 }
 
@@ -441,31 +448,19 @@ impl futures_util::Sink<Message> for SocketRef<'_> {
     type Error = axum::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
-        match lock_socket(self.0).as_mut() {
-            Some(s) => Pin::new(&mut s.ws).poll_ready(cx),
-            None => std::task::Poll::Ready(Err(gone())),
-        }
+        self.locked(|| std::task::Poll::Ready(Err(gone())), |ws| ws.poll_ready(cx))
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), axum::Error> {
-        match lock_socket(self.0).as_mut() {
-            Some(s) => Pin::new(&mut s.ws).start_send(item),
-            None => Err(gone()),
-        }
+        self.locked(|| Err(gone()), |ws| ws.start_send(item))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
-        match lock_socket(self.0).as_mut() {
-            Some(s) => Pin::new(&mut s.ws).poll_flush(cx),
-            None => std::task::Poll::Ready(Err(gone())),
-        }
+        self.locked(|| std::task::Poll::Ready(Err(gone())), |ws| ws.poll_flush(cx))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
-        match lock_socket(self.0).as_mut() {
-            Some(s) => Pin::new(&mut s.ws).poll_close(cx),
-            None => std::task::Poll::Ready(Ok(())),
-        }
+        self.locked(|| std::task::Poll::Ready(Ok(())), |ws| ws.poll_close(cx))
     }
 }
 
