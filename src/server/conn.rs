@@ -366,7 +366,8 @@ impl ConnRx {
 }
 
 impl Drop for ConnRx {
-    /// Nobody writes any more: refuse new messages and free queued ones.
+    /// Nobody writes any more: refuse new messages, free queued ones and
+    /// close the socket.
     fn drop(&mut self) {
         let mut st = self.outbox.lock();
         st.writer_gone = true;
@@ -874,9 +875,8 @@ pub async fn serve_single(
     }
     rx.begin_writing();
     say_goodbye(&mut socket, reason.as_ref()).await;
-    // Closed: the socket is not kept for as long as a handle lives.
-    let closed = lock_socket(&rx.outbox.socket).take();
-    drop(closed);
+    // Dropping `rx` here closes the socket (see `ConnRx`'s `Drop`), however
+    // long handles live.
     reason
 }
 
