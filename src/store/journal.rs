@@ -247,7 +247,7 @@ impl JournalHandle {
         self.shared.durable.borrow().seq
     }
 
-    /// Transactions committed since open (each is one fsync).
+    /// Batches committed since open (each is one `fdatasync`).
     pub fn commits(&self) -> u64 {
         self.shared.durable.borrow().commits
     }

@@ -1,9 +1,10 @@
 //! Embedded storage: the input journal (group commit), snapshots and call
 //! history, in one SQLite file under the data dir.
 //!
-//! - `<dir>/ringline.db`, WAL mode with `synchronous = FULL`: every commit
-//!   is fsynced before anything is reported durable.
-//! - One writer thread owns the only write connection; every
+//! - `<dir>/ringline.db`, WAL mode: every commit's `-wal` file is
+//!   `fdatasync`ed before anything in it is reported durable (by the writer
+//!   itself, so two syncs can overlap; see `writer.rs`).
+//! - Writer lanes take turns with the only write connection; every
 //!   producer goes through a [`JournalHandle`]. History reads use their own
 //!   connections ([`History`]).
 //! - [`Store::open`] migrates the schema, verifies the journal and returns
@@ -54,6 +55,9 @@ pub struct StoreConfig {
     /// WAL length, in 4 KiB frames, at which the writer copies the rest
     /// itself between two commits so the log can start over.
     pub wal_reset_frames: u64,
+    /// Writer lanes: how many batches may be syncing at once (see
+    /// `writer.rs`). One gives a plain commit-then-sync loop.
+    pub sync_lanes: usize,
 }
 
 impl StoreConfig {
@@ -65,6 +69,7 @@ impl StoreConfig {
             read_connections: 2,
             checkpoint_every: std::time::Duration::from_millis(10),
             wal_reset_frames: 4096,
+            sync_lanes: 2,
         }
     }
 }
@@ -93,7 +98,10 @@ pub struct Store {
     path: PathBuf,
     journal: JournalHandle,
     history: History,
-    writer: Option<JoinHandle<()>>,
+    lanes: Vec<JoinHandle<()>>,
+    /// (device, inode) of the `-wal` file the lanes sync.
+    #[cfg(test)]
+    wal_file_id: (u64, u64),
     checkpointer: Option<checkpoint::Checkpointer>,
 }
 
@@ -125,6 +133,19 @@ impl Store {
             "store opened"
         );
 
+        // Opened apart from SQLite for the lanes to sync (see `writer.rs`).
+        // Reading the journal above made SQLite open (and create) it.
+        let wal_path = wal_path(&path);
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&wal_path)
+            .map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", wal_path.display()))))?;
+        // Migrations and a dropped tail were committed without a sync.
+        wal.sync_data()?;
+        #[cfg(test)]
+        let wal_file_id = file_id(&wal.metadata()?);
+
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let (durable, _) = watch::channel(Durable { seq: last_seq, ..Durable::default() });
         let shared = Arc::new(Shared { producer: Mutex::new(Producer { last_seq, tx }), durable });
@@ -132,19 +153,24 @@ impl Store {
         let checkpointer = checkpoint::Checkpointer::start(&path, config.checkpoint_every, ckpt.clone())?;
         let writer = Writer {
             conn,
-            shared: shared.clone(),
+            rx,
             max_batch: config.max_batch.max(1),
             checkpoint: ckpt,
             wal_reset_frames: config.wal_reset_frames.max(1),
+            committed: last_seq,
+            rewind_due: false,
+            stopping: false,
         };
-        let handle = std::thread::Builder::new().name("ringline-store".into()).spawn(move || writer.run(rx))?;
+        let lanes = writer::start(writer, wal, shared.clone(), config.sync_lanes)?;
         let journal = JournalHandle { shared };
 
         let history = match History::open(&path, config.read_connections, journal.clone()) {
             Ok(h) => h,
             Err(e) => {
                 journal.shutdown();
-                let _ = handle.join();
+                for lane in lanes {
+                    let _ = lane.join();
+                }
                 return Err(e);
             }
         };
@@ -157,7 +183,18 @@ impl Store {
             journal_first_seq: scan.first_seq,
             dropped: scan.dropped,
         };
-        Ok((Store { path, journal, history, writer: Some(handle), checkpointer: Some(checkpointer) }, recovered))
+        Ok((
+            Store {
+                path,
+                journal,
+                history,
+                lanes,
+                #[cfg(test)]
+                wal_file_id,
+                checkpointer: Some(checkpointer),
+            },
+            recovered,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -199,11 +236,15 @@ impl Store {
 
     fn stop(&mut self) -> Result<(), StoreError> {
         drop(self.checkpointer.take());
-        let Some(handle) = self.writer.take() else {
+        if self.lanes.is_empty() {
             return Ok(());
-        };
+        }
         self.journal.shutdown();
-        handle.join().map_err(|_| StoreError::Failed("store writer panicked".into()))
+        let mut panicked = false;
+        for lane in self.lanes.drain(..) {
+            panicked |= lane.join().is_err();
+        }
+        if panicked { Err(StoreError::Failed("store writer panicked".into())) } else { Ok(()) }
     }
 }
 
@@ -213,6 +254,19 @@ impl Drop for Store {
             tracing::error!(error = %e, "store writer did not stop cleanly");
         }
     }
+}
+
+/// SQLite's name for the log beside `db`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 fn load_snapshots(conn: &rusqlite::Connection) -> Result<(Option<u64>, Vec<SnapshotRow>), StoreError> {

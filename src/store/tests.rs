@@ -5,6 +5,8 @@ use super::testutil::{open, payload, t};
 use super::*;
 use crate::core::ids::AccountId;
 use std::fs;
+use std::sync::mpsc::sync_channel;
+use tokio::sync::watch;
 
 fn acme() -> AccountId {
     AccountId::from("acme")
@@ -350,6 +352,72 @@ fn failed_commit_stops_the_journal_and_is_reported() {
     assert_entries(&replay_all(&store, 0).unwrap(), 1, 4);
 }
 
+/// Lanes over a fresh database whose commits are synced through `wal`
+/// (see `writer.rs`), with the store's other parts left out.
+fn lanes_syncing(
+    dir: &std::path::Path,
+    wal: impl FnOnce(&std::path::Path) -> fs::File,
+) -> (JournalHandle, Vec<std::thread::JoinHandle<()>>) {
+    let path = dir.join(DB_FILE);
+    let mut conn = schema::open_writer(&path).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let (tx, rx) = sync_channel(64);
+    let (durable, _) = watch::channel(Durable::default());
+    let shared = Arc::new(Shared { producer: Mutex::new(Producer { last_seq: 0, tx }), durable });
+    let writer = Writer {
+        conn,
+        rx,
+        max_batch: 64,
+        checkpoint: Arc::default(),
+        wal_reset_frames: 4096,
+        committed: 0,
+        rewind_due: false,
+        stopping: false,
+    };
+    let lanes = writer::start(writer, wal(&wal_path(&path)), shared.clone(), 2).unwrap();
+    (JournalHandle { shared }, lanes)
+}
+
+fn stop_lanes(j: &JournalHandle, lanes: Vec<std::thread::JoinHandle<()>>) {
+    j.shutdown();
+    for lane in lanes {
+        lane.join().unwrap();
+    }
+}
+
+/// The control for the next test: the same lanes syncing the real log.
+#[test]
+fn lanes_report_a_batch_durable_once_its_log_is_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, lanes) = lanes_syncing(dir.path(), |wal| fs::OpenOptions::new().write(true).open(wal).unwrap());
+    append_n(&j, 1, 3);
+    assert_eq!(j.flush().unwrap(), 3);
+    assert_eq!(j.durable(), 3);
+    assert!(j.failed().is_none());
+    stop_lanes(&j, lanes);
+    assert!(j.shared.durable.borrow().closed);
+}
+
+/// SQLite no longer syncs commits (`synchronous = NORMAL`); the lanes'
+/// own `fdatasync` is what makes a batch durable. `/dev/null` refuses
+/// `fdatasync` (EINVAL), so nothing may be reported durable, and the store
+/// must fail rather than go on.
+#[test]
+fn a_failed_sync_reports_nothing_durable_and_fails_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, lanes) = lanes_syncing(dir.path(), |_| fs::OpenOptions::new().write(true).open("/dev/null").unwrap());
+    let seq = j.append(t(1), &acme(), payload(1), Vec::new());
+    let err = j.flush().unwrap_err();
+    assert!(matches!(&err, StoreError::Failed(r) if r.contains("fdatasync")), "{err}");
+    assert_eq!(j.durable(), 0);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert!(matches!(rt.block_on(j.wait_durable(seq)), Err(StoreError::Failed(_))));
+    append_n(&j, 2, 2);
+    assert!(matches!(j.flush(), Err(StoreError::Failed(_))));
+    assert_eq!(j.durable(), 0);
+    stop_lanes(&j, lanes);
+}
+
 #[test]
 fn replay_streams_into_a_typed_error() {
     #[derive(Debug)]
@@ -396,6 +464,9 @@ fn the_wal_starts_over_under_sustained_commits() {
         }
     }
     assert!(largest < 400 * 4120, "the WAL grew to {largest} bytes");
+    // The log started over many times and is still the file the lanes
+    // opened and sync.
+    assert_eq!(store.wal_file_id, file_id(&fs::metadata(&wal).unwrap()));
     assert_entries(&replay_all(&store, 0).unwrap(), 1, 3000);
     drop(store);
     let (store, rec) = open(dir.path());

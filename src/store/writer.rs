@@ -1,11 +1,20 @@
-//! The single writer thread and its group commit.
+//! The writer lanes and their group commit.
 //!
-//! Producers never touch SQLite: they send [`Command`]s. The writer blocks
-//! for one command, drains whatever else is already queued (up to
-//! `max_batch`), writes the lot in one transaction and commits once. Under
-//! load many appends share one fsync; when idle a lone append is committed
-//! as soon as it arrives. Only after the commit returns is the durable
-//! watermark moved, so an ack sent on the watermark is never a lie.
+//! Producers never touch SQLite: they send [`Command`]s. A lane takes the
+//! one write connection, blocks for one command, drains whatever else is
+//! already queued (up to `max_batch`), writes the lot in one transaction
+//! and commits it to the WAL. Under load many appends share one commit;
+//! when idle a lone append is committed as soon as it arrives.
+//!
+//! The connection runs with `synchronous = NORMAL`, so SQLite's commit
+//! writes the WAL but does not sync it. The lane then lets go of the
+//! connection and runs `fdatasync` on the `-wal` file itself; only when that
+//! returns does it move the durable watermark, so an ack sent on the
+//! watermark is never a lie. While it syncs, the other lane already commits
+//! the next batch and starts that batch's own sync: an append that arrives
+//! during a sync waits for one sync, not for the running one to end and then
+//! its own (the "wait for two commits" in docs/benchmarks.md). With two
+//! lanes at most two syncs run at once; more would only queue in the disk.
 
 use super::codec::{at, int, uint};
 use super::error::StoreError;
@@ -15,8 +24,11 @@ use crate::core::history::Record;
 use crate::core::ids::AccountId;
 use crate::core::time::Instant;
 use rusqlite::{Connection, TransactionBehavior, params};
+use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 pub(super) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -55,13 +67,13 @@ pub(super) struct Producer {
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Durable {
-    /// Every seq at or below this is committed.
+    /// Every seq at or below this is committed and synced.
     pub seq: u64,
     pub failed: Option<Arc<str>>,
-    /// Transactions committed since open; with `seq` it shows how many
-    /// appends share an fsync.
+    /// Batches committed and synced since open (one `fdatasync` each); with
+    /// `seq` it shows how many appends share a sync.
     pub commits: u64,
-    /// The writer has exited; nothing further will become durable.
+    /// Every lane has exited; nothing further will become durable.
     pub closed: bool,
 }
 
@@ -73,88 +85,175 @@ impl Shared {
 
 pub(super) struct Writer {
     pub conn: Connection,
-    pub shared: Arc<Shared>,
+    pub rx: Receiver<Command>,
     pub max_batch: usize,
     pub checkpoint: Arc<super::checkpoint::Shared>,
     pub wal_reset_frames: u64,
+    /// The highest seq committed to the WAL, synced or not: what a sync
+    /// that starts now makes durable.
+    pub committed: u64,
+    /// The log is long: the next lane to take the connection copies it
+    /// (see `rewind_log`) before it waits for commands.
+    pub rewind_due: bool,
+    /// A lane took `Shutdown` (or every producer is gone): the others stop
+    /// when they next take the connection.
+    pub stopping: bool,
 }
 
-/// Marks the store closed when the writer exits, even by panicking, so no
-/// `wait_durable` is left waiting for a commit that will never come.
-struct CloseOnExit(Arc<Shared>);
+/// What the lanes share: the connection (one lane at a time) and the
+/// `-wal` file they sync.
+pub(super) struct Lanes {
+    writer: Mutex<Writer>,
+    /// The `-wal` file, opened apart from SQLite. `fdatasync` flushes the
+    /// file (inode), whichever descriptor asks, and SQLite never replaces
+    /// the file while the writer's connection is open: it deletes the log
+    /// only when the last connection closes.
+    wal: File,
+    shared: Arc<Shared>,
+    /// Lanes still running; the last one out marks the store closed.
+    running: AtomicUsize,
+}
 
-impl Drop for CloseOnExit {
+/// Starts `count` lanes (at least one).
+pub(super) fn start(
+    writer: Writer,
+    wal: File,
+    shared: Arc<Shared>,
+    count: usize,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let count = count.max(1);
+    let lanes = Arc::new(Lanes { writer: Mutex::new(writer), wal, shared, running: AtomicUsize::new(count) });
+    let mut handles = Vec::with_capacity(count);
+    for i in 0..count {
+        // Made before the spawn so a lane that never starts still counts
+        // itself out when the closure is dropped.
+        let exit = LaneExit(lanes.clone());
+        let spawned = std::thread::Builder::new().name(format!("ringline-store-{i}")).spawn(move || {
+            exit.0.run();
+            drop(exit);
+        });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // A running lane waits for commands holding the connection,
+                // and the lanes themselves keep the channel open: only a
+                // `Shutdown` stops them.
+                let p = lanes.shared.producer.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = p.tx.send(Command::Shutdown);
+                return Err(e);
+            }
+        }
+    }
+    Ok(handles)
+}
+
+/// Counts a lane out when it exits, even by panicking. A lane that
+/// panicked may have lost a batch that a later sync would otherwise cover,
+/// so the store is failed rather than let the watermark jump the hole; the
+/// last lane out marks it closed, so no `wait_durable` waits forever.
+struct LaneExit(Arc<Lanes>);
+
+impl Drop for LaneExit {
     fn drop(&mut self) {
-        self.0.mark_closed();
+        let shared = &self.0.shared;
+        if std::thread::panicking() {
+            shared.durable.send_modify(|d| {
+                d.failed.get_or_insert_with(|| "store writer panicked".into());
+            });
+        }
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.mark_closed();
+        }
     }
 }
 
-impl Writer {
-    pub fn run(mut self, rx: Receiver<Command>) {
-        let _close = CloseOnExit(self.shared.clone());
-        let mut batch = Vec::with_capacity(self.max_batch.min(64 * 1024));
-        while let Ok(first) = rx.recv() {
-            let mut shutdown = matches!(first, Command::Shutdown);
-            batch.push(first);
-            while !shutdown && batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(cmd) => {
-                        shutdown = matches!(cmd, Command::Shutdown);
-                        batch.push(cmd);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit(&mut batch);
+/// One batch, committed to the WAL (or refused), on its way to a sync.
+struct Committed {
+    /// Everything up to here is in the WAL once this batch's commit is.
+    covered: u64,
+    result: Result<(), Arc<str>>,
+    purged: Vec<u64>,
+    shutdown: bool,
+    started: std::time::Instant,
+}
+
+impl Lanes {
+    fn run(&self) {
+        let mut batch = Vec::new();
+        while let Some(done) = self.commit_next(&mut batch) {
+            let shutdown = done.shutdown;
+            self.sync_and_reply(done, &mut batch);
             if shutdown {
                 break;
             }
-            if self.checkpoint.committed(self.wal_reset_frames) {
-                self.rewind_log();
-            }
         }
-        tracing::debug!("store writer stopped");
+        tracing::debug!("store writer lane stopped");
     }
 
-    /// Writes and commits the batch, then publishes the outcome. Replies
-    /// are sent only after the watermark or the failure is published, so a
-    /// caller woken by its reply always sees the state that caused it.
+    /// Takes the connection, waits for commands and commits one batch to
+    /// the WAL. `None` when the lane should stop.
     #[allow(clippy::disallowed_methods)] // commit latency is a metric
-    fn commit(&mut self, batch: &mut Vec<Command>) {
+    fn commit_next(&self, batch: &mut Vec<Command>) -> Option<Committed> {
+        // Poisoned: another lane panicked holding the connection, and its
+        // exit has already failed the store.
+        let mut w = self.writer.lock().ok()?;
+        if w.stopping {
+            return None;
+        }
+        if std::mem::take(&mut w.rewind_due) {
+            w.rewind_log();
+        }
+        let Ok(first) = w.rx.recv() else {
+            w.stopping = true;
+            return None;
+        };
         let started = std::time::Instant::now();
+        let mut shutdown = matches!(first, Command::Shutdown);
+        batch.push(first);
+        while !shutdown && batch.len() < w.max_batch {
+            match w.rx.try_recv() {
+                Ok(cmd) => {
+                    shutdown = matches!(cmd, Command::Shutdown);
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        w.stopping = shutdown;
+        let mut purged = Vec::new();
         let failed = self.shared.durable.borrow().failed.clone();
-        let outcome = match failed {
+        let result = match failed {
             // Writing past a hole would make the journal replay to a state
             // the engine never had; refuse everything instead.
             Some(reason) => Err(reason),
-            None => {
-                let mut purged = Vec::new();
-                match self.write(batch, &mut purged) {
-                    Ok(max_seq) => {
-                        // Time to write and fsync one group of entries.
-                        metrics::histogram!("ringline_journal_commit_seconds").record(started.elapsed().as_secs_f64());
-                        metrics::histogram!("ringline_journal_batch_entries").record(batch.len() as f64);
-                        let seq = self.shared.durable.borrow().seq.max(max_seq);
-                        self.shared.durable.send_if_modified(|d| {
-                            let moved = seq > d.seq;
-                            d.seq = seq;
-                            d.commits += 1;
-                            moved
-                        });
-                        Ok((seq, purged))
-                    }
-                    Err(e) => {
-                        let reason: Arc<str> = e.to_string().into();
-                        tracing::error!(error = %reason, "store commit failed; journal no longer accepts writes");
-                        self.shared.durable.send_modify(|d| d.failed = Some(reason.clone()));
-                        Err(reason)
-                    }
+            None => match w.write(batch, &mut purged) {
+                Ok(max_seq) => {
+                    w.committed = w.committed.max(max_seq);
+                    w.rewind_due = w.checkpoint.committed(w.wal_reset_frames);
+                    Ok(())
                 }
-            }
+                // Published before the connection is let go, so no later
+                // batch is committed after a failed one.
+                Err(e) => Err(self.fail(&e.to_string())),
+            },
         };
+        Some(Committed { covered: w.committed, result, purged, shutdown, started })
+    }
+
+    /// Syncs the WAL (without the connection), publishes the outcome, then
+    /// answers the batch's `Flush` and `Purge`. Replies go out only after
+    /// the watermark or the failure is published, so a caller woken by its
+    /// reply always sees the state that caused it.
+    fn sync_and_reply(&self, done: Committed, batch: &mut Vec<Command>) {
+        let outcome = done.result.and_then(|()| match self.wal.sync_data() {
+            Ok(()) => self.publish(done.covered, done.started, batch.len()),
+            // Linux may drop the dirty pages after a failed sync; nothing
+            // written since can be trusted to reach the disk.
+            Err(e) => Err(self.fail(&format!("fdatasync of the journal's WAL failed: {e}"))),
+        });
         match outcome {
-            Ok((seq, purged)) => {
-                let mut purged = purged.into_iter();
+            Ok(seq) => {
+                let mut purged = done.purged.into_iter();
                 for cmd in batch.drain(..) {
                     match cmd {
                         Command::Flush(r) => {
@@ -177,11 +276,49 @@ impl Writer {
         }
     }
 
+    /// Moves the watermark to `covered` (never back: the other lane's sync
+    /// may have covered more) and returns it; refuses once the store failed.
+    fn publish(&self, covered: u64, started: std::time::Instant, entries: usize) -> Result<u64, Arc<str>> {
+        let mut outcome = Ok(0);
+        self.shared.durable.send_if_modified(|d| {
+            if let Some(reason) = &d.failed {
+                // A sync that failed may have lost pages this one did not
+                // see; a success after it proves nothing.
+                outcome = Err(reason.clone());
+                return false;
+            }
+            let moved = covered > d.seq;
+            d.seq = d.seq.max(covered);
+            d.commits += 1;
+            outcome = Ok(d.seq);
+            moved
+        });
+        if outcome.is_ok() {
+            // Time to write and sync one group of entries.
+            metrics::histogram!("ringline_journal_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("ringline_journal_batch_entries").record(entries as f64);
+        }
+        outcome
+    }
+
+    fn fail(&self, reason: &str) -> Arc<str> {
+        let mut first: Arc<str> = reason.into();
+        self.shared.durable.send_modify(|d| match &d.failed {
+            Some(earlier) => first = earlier.clone(),
+            None => d.failed = Some(first.clone()),
+        });
+        tracing::error!(error = %reason, "store commit failed; journal no longer accepts writes");
+        first
+    }
+}
+
+impl Writer {
     /// Copies what the background checkpoints have not yet copied, between
     /// two commits, so the next commit starts the WAL over (see
-    /// `checkpoint.rs`). Runs after the previous batch was published
-    /// durable, so no ack already committed waits for it; appends that
-    /// arrive meanwhile do, which is why it is timed apart from commits.
+    /// `checkpoint.rs`). Runs when a lane takes the connection after the
+    /// commit that found the log long, while that commit's own sync runs on
+    /// the other lane, so no ack already committed waits for it; appends
+    /// that arrive meanwhile do, which is why it is timed apart from commits.
     #[allow(clippy::disallowed_methods)] // its duration is a metric
     fn rewind_log(&mut self) {
         let started = std::time::Instant::now();
