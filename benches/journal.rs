@@ -26,7 +26,13 @@ fn accounts(n: usize) -> Vec<AccountId> {
 }
 
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(StoreConfig::new(dir)).expect("open store").0
+    open_with_lanes(dir, StoreConfig::new(dir).sync_lanes)
+}
+
+fn open_with_lanes(dir: &std::path::Path, lanes: usize) -> Store {
+    let mut c = StoreConfig::new(dir);
+    c.sync_lanes = lanes;
+    Store::open(c).expect("open store").0
 }
 
 /// Empties the journal between samples (outside the timed part) so the
@@ -83,25 +89,34 @@ fn group_commit(c: &mut Criterion) {
 
 #[allow(clippy::disallowed_methods)] // wall-clock timing is the point of a benchmark
 fn one_at_a_time(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = open(dir.path());
     let acc = AccountId::from("account-000");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut g = c.benchmark_group("journal/durable_append_one_at_a_time");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(5));
-    g.bench_function("append_then_wait_durable", |b| {
-        b.iter_custom(|iters| {
-            let j = store.journal();
-            let start = std::time::Instant::now();
-            for i in 0..iters {
-                let seq = j.append(EngineTime::from_micros(i), &acc, vec![0xA5; PAYLOAD], Vec::new());
-                rt.block_on(j.wait_durable(seq)).expect("durable");
-            }
-            start.elapsed()
+    // The default two lanes hand the connection over after every commit;
+    // one lane is the plain commit-then-sync loop (`journal_sync_lanes`).
+    for lanes in [2usize, 1] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open_with_lanes(dir.path(), lanes);
+        let name = if lanes == 1 {
+            "append_then_wait_durable/1_lane".to_owned()
+        } else {
+            format!("append_then_wait_durable/{lanes}_lanes")
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let j = store.journal();
+                let start = std::time::Instant::now();
+                for i in 0..iters {
+                    let seq = j.append(EngineTime::from_micros(i), &acc, vec![0xA5; PAYLOAD], Vec::new());
+                    rt.block_on(j.wait_durable(seq)).expect("durable");
+                }
+                start.elapsed()
+            });
         });
-    });
+    }
     g.finish();
 }
 

@@ -182,6 +182,10 @@ pub struct ServerSettings {
     /// Whether the server moves its machine code onto 2 MiB pages at
     /// start-up (`src/huge_pages.rs`); off for profiling with `perf`.
     pub huge_code_pages: bool,
+    /// Journal batches that may be syncing at once (`store/writer.rs`): 2
+    /// overlaps syncs under load; 1 syncs each batch before the next
+    /// commit, the shortest path for a lone event.
+    pub journal_sync_lanes: usize,
 }
 
 impl Default for ServerSettings {
@@ -202,6 +206,7 @@ impl Default for ServerSettings {
             history_retention: Duration::from_secs(365 * 86_400),
             log_format: LogFormat::Human,
             huge_code_pages: true,
+            journal_sync_lanes: 2,
         }
     }
 }
@@ -219,6 +224,7 @@ impl ServerSettings {
     pub const MAX_SHARDS: usize = 64;
     pub const MAX_CONNECTIONS_PER_USER: usize = 1000;
     pub const MAX_SHARD_QUEUE: usize = 16 * 1024 * 1024;
+    pub const MAX_JOURNAL_SYNC_LANES: usize = 8;
 
     /// Checks the limits; the error names the key (`server.<key> ...`).
     pub fn validate(&self) -> Result<(), String> {
@@ -265,6 +271,9 @@ impl ServerSettings {
         }
         if !(1..=Self::MAX_SHARDS).contains(&self.shards) {
             return Err(format!("server.shards must be between 1 and {}", Self::MAX_SHARDS));
+        }
+        if !(1..=Self::MAX_JOURNAL_SYNC_LANES).contains(&self.journal_sync_lanes) {
+            return Err(format!("server.journal_sync_lanes must be between 1 and {}", Self::MAX_JOURNAL_SYNC_LANES));
         }
         if self.snapshot_every == 0 {
             return Err("server.snapshot_every must be at least 1".into());
@@ -1330,10 +1339,12 @@ assigned = ["gina"]
     fn server_and_billing_tables_are_read() {
         let text = format!(
             "{BASE}\n[server]\nmax_frame_bytes = 4096\nshards = 8\nhistory_retention = \"90d\"\nlog_format = \"json\"\n\
-             ping_interval = \"5s\"\nidle_timeout = \"20s\"\n\n[billing]\nteam = 3000\ncycle_days = 31\n"
+             ping_interval = \"5s\"\nidle_timeout = \"20s\"\njournal_sync_lanes = 1\n\n[billing]\nteam = 3000\ncycle_days = 31\n"
         );
         let c = parse_ok(&text);
         assert_eq!(c.server.max_frame_bytes, 4096);
+        assert_eq!(c.server.journal_sync_lanes, 1);
+        assert_eq!(ServerSettings::default().journal_sync_lanes, 2);
         assert_eq!(c.server.shards, 8);
         assert_eq!(c.server.history_retention, Duration::from_secs(90 * 86_400));
         assert_eq!(c.server.log_format, LogFormat::Json);
@@ -1380,6 +1391,10 @@ assigned = ["gina"]
         assert_error(&edit(BASE, r#"data_dir = "data""#, r#"data_dir = """#), 2, &["data_dir"]);
         let text = format!("{BASE}\n[server]\nsnapshot_every = 10\nshards = 65\n");
         assert_error(&text, line_with(&text, "shards = 65"), &["server.shards", "between 1 and 64"]);
+        let text = format!("{BASE}\n[server]\njournal_sync_lanes = 0\n");
+        assert_error(&text, line_with(&text, "journal_sync_lanes"), &["server.journal_sync_lanes", "between 1 and 8"]);
+        let text = format!("{BASE}\n[server]\njournal_sync_lanes = 9\n");
+        assert_error(&text, line_with(&text, "journal_sync_lanes"), &["server.journal_sync_lanes"]);
         let text = format!("{BASE}\n[server]\nshards = 0\n");
         assert_error(&text, line_with(&text, "shards = 0"), &["server.shards"]);
         let text = format!("{BASE}\n[server]\nmax_connections_per_user = 0\n");

@@ -462,9 +462,10 @@ pub async fn start(mut config: Config, opts: Options) -> Result<Running, StartEr
     let shards = config.server.shards.max(1);
 
     // Recovery runs on a blocking thread: it is pure CPU and disk.
-    let data_dir = config.data_dir.clone();
+    let mut store_config = StoreConfig::new(&config.data_dir);
+    store_config.sync_lanes = config.server.journal_sync_lanes;
     let Recovery { store, engines, last_seq, snapshot_generation, .. } =
-        tokio::task::spawn_blocking(move || recover(&data_dir, shards))
+        tokio::task::spawn_blocking(move || recover_with(store_config, shards))
             .await
             .map_err(|e| StartError::Provisioning(format!("recovery task failed: {e}")))??;
     let dir = Directory::new(shards, config.gateways.clone());
@@ -626,11 +627,16 @@ pub fn decode_input(bytes: &[u8]) -> Result<Input, rmp_serde::decode::Error> {
 /// Opens the store under `data_dir`, restores the latest snapshot and
 /// replays the journal after it through fresh engines, one per shard.
 /// Accounts may move between shards if the shard count changed.
-#[allow(clippy::disallowed_methods)] // start-up timing for the log only
 pub fn recover(data_dir: &std::path::Path, shards: usize) -> Result<Recovery, StartError> {
+    recover_with(StoreConfig::new(data_dir), shards)
+}
+
+/// [`recover`] with the store's settings given.
+#[allow(clippy::disallowed_methods)] // start-up timing for the log only
+pub fn recover_with(store_config: StoreConfig, shards: usize) -> Result<Recovery, StartError> {
     let started = std::time::Instant::now();
     let shards = shards.max(1);
-    let (store, recovered) = Store::open(StoreConfig::new(data_dir))?;
+    let (store, recovered) = Store::open(store_config)?;
     if let Some(d) = &recovered.dropped {
         tracing::warn!(
             first_seq = d.first_seq,
