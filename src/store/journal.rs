@@ -186,9 +186,7 @@ impl JournalHandle {
     }
 
     fn send(&self, p: &super::writer::Producer, cmd: Command) {
-        if p.tx.send(cmd).is_err() {
-            self.shared.mark_closed();
-        }
+        self.shared.send(p, cmd);
     }
 
     /// Queues an input (with the history it produced) for the journal and

@@ -19,6 +19,7 @@ mod history;
 mod journal;
 mod records;
 mod schema;
+mod turn;
 mod writer;
 
 pub use error::StoreError;
@@ -148,7 +149,8 @@ impl Store {
 
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let (durable, _) = watch::channel(Durable { seq: last_seq, ..Durable::default() });
-        let shared = Arc::new(Shared { producer: Mutex::new(Producer { last_seq, tx }), durable });
+        let shared =
+            Arc::new(Shared { producer: Mutex::new(Producer { last_seq, tx }), durable, turn: Default::default() });
         let ckpt = Arc::new(checkpoint::Shared::default());
         let checkpointer = checkpoint::Checkpointer::start(&path, config.checkpoint_every, ckpt.clone())?;
         let writer = Writer {
@@ -159,7 +161,6 @@ impl Store {
             wal_reset_frames: config.wal_reset_frames.max(1),
             committed: last_seq,
             rewind_due: false,
-            stopping: false,
         };
         let lanes = writer::start(writer, wal, shared.clone(), config.sync_lanes)?;
         let journal = JournalHandle { shared };

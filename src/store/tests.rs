@@ -363,7 +363,8 @@ fn lanes_syncing(
     schema::migrate(&mut conn).unwrap();
     let (tx, rx) = sync_channel(64);
     let (durable, _) = watch::channel(Durable::default());
-    let shared = Arc::new(Shared { producer: Mutex::new(Producer { last_seq: 0, tx }), durable });
+    let shared =
+        Arc::new(Shared { producer: Mutex::new(Producer { last_seq: 0, tx }), durable, turn: Default::default() });
     let writer = Writer {
         conn,
         rx,
@@ -372,7 +373,6 @@ fn lanes_syncing(
         wal_reset_frames: 4096,
         committed: 0,
         rewind_due: false,
-        stopping: false,
     };
     let lanes = writer::start(writer, wal(&wal_path(&path)), shared.clone(), 2).unwrap();
     (JournalHandle { shared }, lanes)

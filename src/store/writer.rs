@@ -7,18 +7,19 @@
 //! when idle a lone append is committed as soon as it arrives.
 //!
 //! The connection runs with `synchronous = NORMAL`, so SQLite's commit
-//! writes the WAL but does not sync it. The lane then lets go of the
-//! connection and runs `fdatasync` on the `-wal` file itself; only when that
+//! writes the WAL but does not sync it. The lane then lets the turn go
+//! (`turn.rs`) and runs `fdatasync` on the `-wal` file itself; only when that
 //! returns does it move the durable watermark, so an ack sent on the
-//! watermark is never a lie. While it syncs, the other lane already commits
-//! the next batch and starts that batch's own sync: an append that arrives
-//! during a sync waits for one sync, not for the running one to end and then
+//! watermark is never a lie. A command that arrives during the sync calls
+//! the other lane in, which commits it and starts that batch's own sync at
+//! once: it waits for one sync, not for the running one to end and then
 //! its own (the "wait for two commits" in docs/benchmarks.md). With two
 //! lanes at most two syncs run at once; more would only queue in the disk.
 
 use super::codec::{at, int, uint};
 use super::error::StoreError;
 use super::journal::{SnapshotRow, row_crc};
+use super::turn::Turn;
 use super::{crc, records};
 use crate::core::history::Record;
 use crate::core::ids::AccountId;
@@ -57,6 +58,7 @@ pub(super) struct Shared {
     /// makes channel order equal seq order.
     pub producer: Mutex<Producer>,
     pub durable: watch::Sender<Durable>,
+    pub turn: Turn,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,18 @@ pub(super) struct Durable {
 }
 
 impl Shared {
+    /// Sends under the producer lock `p`, calling a lane in if none is
+    /// waiting for commands.
+    pub fn send(&self, p: &Producer, cmd: Command) {
+        self.turn.sending();
+        if p.tx.send(cmd).is_err() {
+            self.turn.received(1);
+            self.mark_closed();
+            return;
+        }
+        self.turn.sent();
+    }
+
     pub fn mark_closed(&self) {
         self.durable.send_if_modified(|d| !std::mem::replace(&mut d.closed, true));
     }
@@ -92,17 +106,15 @@ pub(super) struct Writer {
     /// The highest seq committed to the WAL, synced or not: what a sync
     /// that starts now makes durable.
     pub committed: u64,
-    /// The log is long: the next lane to take the connection copies it
-    /// (see `rewind_log`) before it waits for commands.
+    /// The log is long: the lane holding the turn copies it (see
+    /// `rewind_log`) before it waits for commands.
     pub rewind_due: bool,
-    /// A lane took `Shutdown` (or every producer is gone): the others stop
-    /// when they next take the connection.
-    pub stopping: bool,
 }
 
-/// What the lanes share: the connection (one lane at a time) and the
-/// `-wal` file they sync.
+/// What the lanes share: the connection (used by the lane holding the
+/// turn) and the `-wal` file they sync.
 pub(super) struct Lanes {
+    /// Only the turn's holder locks it; the lock is never contended.
     writer: Mutex<Writer>,
     /// The `-wal` file, opened apart from SQLite. `fdatasync` flushes the
     /// file (inode), whichever descriptor asks, and SQLite never replaces
@@ -135,11 +147,10 @@ pub(super) fn start(
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
-                // A running lane waits for commands holding the connection,
-                // and the lanes themselves keep the channel open: only a
-                // `Shutdown` stops them.
+                // The lanes themselves keep the channel open, so only a
+                // `Shutdown` stops a running lane waiting for commands.
                 let p = lanes.shared.producer.lock().unwrap_or_else(PoisonError::into_inner);
-                let _ = p.tx.send(Command::Shutdown);
+                lanes.shared.send(&p, Command::Shutdown);
                 return Err(e);
             }
         }
@@ -160,6 +171,7 @@ impl Drop for LaneExit {
             shared.durable.send_modify(|d| {
                 d.failed.get_or_insert_with(|| "store writer panicked".into());
             });
+            shared.turn.stop();
         }
         if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.mark_closed();
@@ -179,34 +191,51 @@ struct Committed {
 
 impl Lanes {
     fn run(&self) {
+        let turn = &self.shared.turn;
         let mut batch = Vec::new();
+        if !turn.take() {
+            return;
+        }
+        // This lane holds the turn at the top of each round.
         while let Some(done) = self.commit_next(&mut batch) {
             let shutdown = done.shutdown;
-            self.sync_and_reply(done, &mut batch);
             if shutdown {
-                break;
+                turn.stop();
+            }
+            turn.release();
+            let synced = done.result.and_then(|()| self.sync());
+            // Back for the turn before anyone hears of the sync, so the
+            // next lone command finds this lane receiving instead of
+            // calling a parked one in.
+            let mine = !shutdown && turn.try_take();
+            let outcome = synced.and_then(|()| self.publish(done.covered, done.started, batch.len()));
+            reply(outcome, done.purged, &mut batch);
+            if shutdown || !(mine || turn.take()) {
+                tracing::debug!("store writer lane stopped");
+                return;
             }
         }
+        // The channel closed or another lane panicked: nothing more comes.
+        turn.stop();
+        turn.release();
         tracing::debug!("store writer lane stopped");
     }
 
-    /// Takes the connection, waits for commands and commits one batch to
-    /// the WAL. `None` when the lane should stop.
+    /// Waits for commands and commits one batch to the WAL; the caller holds
+    /// the turn. `None` when the lane should stop.
     #[allow(clippy::disallowed_methods)] // commit latency is a metric
     fn commit_next(&self, batch: &mut Vec<Command>) -> Option<Committed> {
-        // Poisoned: another lane panicked holding the connection, and its
+        let turn = &self.shared.turn;
+        // Poisoned: another lane panicked using the connection, and its
         // exit has already failed the store.
         let mut w = self.writer.lock().ok()?;
-        if w.stopping {
+        if turn.stopping() {
             return None;
         }
         if std::mem::take(&mut w.rewind_due) {
             w.rewind_log();
         }
-        let Ok(first) = w.rx.recv() else {
-            w.stopping = true;
-            return None;
-        };
+        let first = w.rx.recv().ok()?;
         let started = std::time::Instant::now();
         let mut shutdown = matches!(first, Command::Shutdown);
         batch.push(first);
@@ -219,7 +248,7 @@ impl Lanes {
                 Err(_) => break,
             }
         }
-        w.stopping = shutdown;
+        turn.received(batch.len());
         let mut purged = Vec::new();
         let failed = self.shared.durable.borrow().failed.clone();
         let result = match failed {
@@ -232,48 +261,18 @@ impl Lanes {
                     w.rewind_due = w.checkpoint.committed(w.wal_reset_frames);
                     Ok(())
                 }
-                // Published before the connection is let go, so no later
-                // batch is committed after a failed one.
+                // Published before the turn is let go, so no later batch is
+                // committed after a failed one.
                 Err(e) => Err(self.fail(&e.to_string())),
             },
         };
         Some(Committed { covered: w.committed, result, purged, shutdown, started })
     }
 
-    /// Syncs the WAL (without the connection), publishes the outcome, then
-    /// answers the batch's `Flush` and `Purge`. Replies go out only after
-    /// the watermark or the failure is published, so a caller woken by its
-    /// reply always sees the state that caused it.
-    fn sync_and_reply(&self, done: Committed, batch: &mut Vec<Command>) {
-        let outcome = done.result.and_then(|()| match self.wal.sync_data() {
-            Ok(()) => self.publish(done.covered, done.started, batch.len()),
-            // Linux may drop the dirty pages after a failed sync; nothing
-            // written since can be trusted to reach the disk.
-            Err(e) => Err(self.fail(&format!("fdatasync of the journal's WAL failed: {e}"))),
-        });
-        match outcome {
-            Ok(seq) => {
-                let mut purged = done.purged.into_iter();
-                for cmd in batch.drain(..) {
-                    match cmd {
-                        Command::Flush(r) => {
-                            let _ = r.send(Ok(seq));
-                        }
-                        Command::Purge { reply, .. } => {
-                            let _ = reply.send(Ok(purged.next().unwrap_or(0)));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(reason) => {
-                for cmd in batch.drain(..) {
-                    if let Command::Flush(r) | Command::Purge { reply: r, .. } = cmd {
-                        let _ = r.send(Err(StoreError::Failed(reason.to_string())));
-                    }
-                }
-            }
-        }
+    fn sync(&self) -> Result<(), Arc<str>> {
+        // Linux may drop the dirty pages after a failed sync; nothing
+        // written since can be trusted to reach the disk.
+        self.wal.sync_data().map_err(|e| self.fail(&format!("fdatasync of the journal's WAL failed: {e}")))
     }
 
     /// Moves the watermark to `covered` (never back: the other lane's sync
@@ -309,6 +308,34 @@ impl Lanes {
         });
         tracing::error!(error = %reason, "store commit failed; journal no longer accepts writes");
         first
+    }
+}
+
+/// Answers the batch's `Flush` and `Purge` once its outcome is published,
+/// so a caller woken by its reply always sees the state that caused it.
+fn reply(outcome: Result<u64, Arc<str>>, purged: Vec<u64>, batch: &mut Vec<Command>) {
+    match outcome {
+        Ok(seq) => {
+            let mut purged = purged.into_iter();
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Flush(r) => {
+                        let _ = r.send(Ok(seq));
+                    }
+                    Command::Purge { reply, .. } => {
+                        let _ = reply.send(Ok(purged.next().unwrap_or(0)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(reason) => {
+            for cmd in batch.drain(..) {
+                if let Command::Flush(r) | Command::Purge { reply: r, .. } = cmd {
+                    let _ = r.send(Err(StoreError::Failed(reason.to_string())));
+                }
+            }
+        }
     }
 }
 
