@@ -1,9 +1,9 @@
 //! The writer lanes and their group commit.
 //!
-//! Producers never touch SQLite: they send [`Command`]s. A lane takes the
-//! one write connection, blocks for one command, drains whatever else is
-//! already queued (up to `max_batch`), writes the lot in one transaction
-//! and commits it to the WAL. Under load many appends share one commit;
+//! Producers never touch SQLite: they send [`Command`]s. The lane holding
+//! the turn (`turn.rs`) has the one write connection: it blocks for one
+//! command, drains whatever else is already queued (up to `max_batch`),
+//! writes the lot in one transaction and commits it to the WAL. Under load many appends share one commit;
 //! when idle a lone append is committed as soon as it arrives.
 //!
 //! The connection runs with `synchronous = NORMAL`, so SQLite's commit
@@ -13,8 +13,9 @@
 //! watermark is never a lie. A command that arrives during the sync calls
 //! the other lane in, which commits it and starts that batch's own sync at
 //! once: it waits for one sync, not for the running one to end and then
-//! its own (the "wait for two commits" in docs/benchmarks.md). With two
-//! lanes at most two syncs run at once; more would only queue in the disk.
+//! its own (the "wait for two commits" in docs/benchmarks.md). With `n`
+//! lanes (`server.journal_sync_lanes`, default 2) at most `n` syncs run at
+//! once.
 
 use super::codec::{at, int, uint};
 use super::error::StoreError;
