@@ -26,7 +26,7 @@ fn accounts(n: usize) -> Vec<AccountId> {
 }
 
 fn open(dir: &std::path::Path) -> Store {
-    open_with_lanes(dir, StoreConfig::new(dir).sync_lanes)
+    Store::open(StoreConfig::new(dir)).expect("open store").0
 }
 
 fn open_with_lanes(dir: &std::path::Path, lanes: usize) -> Store {

@@ -104,15 +104,12 @@ mod tests {
         let turn = Arc::new(Turn::default());
         assert!(turn.try_take());
         assert!(!turn.try_take());
-        let t = turn.clone();
-        let parked = std::thread::spawn(move || t.take());
         turn.release();
-        assert!(parked.join().unwrap(), "the parked lane took the freed turn");
-        assert!(!turn.try_take());
-        let t = turn.clone();
-        let parked = std::thread::spawn(move || t.take());
+        assert!(turn.try_take(), "a freed turn can be taken");
+        let (taken, lane) = parked_lane(&turn);
         turn.stop();
-        assert!(!parked.join().unwrap());
+        assert_eq!(taken.recv_timeout(CALLED_IN), Ok(false), "stopping, not taken");
+        lane.join().unwrap();
         assert!(turn.stopping());
     }
 

@@ -198,7 +198,14 @@ impl Lanes {
             return;
         }
         // This lane holds the turn at the top of each round.
-        while let Some(done) = self.commit_next(&mut batch) {
+        loop {
+            let Some(done) = self.commit_next(&mut batch) else {
+                // The channel closed or another lane panicked: nothing more
+                // comes.
+                turn.stop();
+                turn.release();
+                break;
+            };
             let shutdown = done.shutdown;
             if shutdown {
                 turn.stop();
@@ -212,13 +219,9 @@ impl Lanes {
             let outcome = synced.and_then(|()| self.publish(done.covered, done.started, batch.len()));
             reply(outcome, done.purged, &mut batch);
             if shutdown || !(mine || turn.take()) {
-                tracing::debug!("store writer lane stopped");
-                return;
+                break;
             }
         }
-        // The channel closed or another lane panicked: nothing more comes.
-        turn.stop();
-        turn.release();
         tracing::debug!("store writer lane stopped");
     }
 
