@@ -545,3 +545,21 @@ async fn a_path_that_does_not_decode_gets_the_json_error_body() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_get_the_json_error_body() {
+    let srv = TestServer::start(&cfg()).await;
+    let cases = [
+        ("GET", "/v1/callz", 404, "not_found"),
+        ("GET", "/nothing/here", 404, "not_found"),
+        ("DELETE", "/v1/numbers/%2B15550100", 405, "bad_request"),
+        ("PUT", "/v1/calls", 405, "bad_request"),
+        ("POST", "/v1/voicemails", 405, "bad_request"),
+    ];
+    for (method, path, want, code) in cases {
+        let (status, v) = api(&srv, method, path, Some("alice-token"), None).await;
+        assert_eq!((status, &v["error"]["code"]), (want, &json!(code)), "{method} {path}: {v}");
+        assert!(v["error"]["message"].is_string(), "{method} {path}: {v}");
+    }
+    srv.stop().await;
+}

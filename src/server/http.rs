@@ -26,7 +26,28 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .merge(admin_http::routes())
         .merge(history_http::routes())
+        // After the routes: axum gives the 405 fallback only to routes
+        // that exist when it is set.
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(app)
+}
+
+/// Unknown paths get the API's JSON error body, not axum's empty 404.
+async fn no_route() -> Response {
+    error_response(crate::protocol::ErrorCode::NotFound, "no such route")
+}
+
+/// A known path with the wrong method: 405 (axum adds `Allow`) with the
+/// JSON error body. The contract has no code of its own for it, so the
+/// body says `bad_request`.
+async fn wrong_method(method: axum::http::Method) -> Response {
+    let mut r = error_response(
+        crate::protocol::ErrorCode::BadRequest,
+        format!("method {method} is not allowed on this route; see the Allow header"),
+    );
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 /// The authenticated user behind an HTTP request (`Authorization: Bearer`).
