@@ -678,6 +678,45 @@ announce_every = "30s"
         assert!(msgs.iter().any(|m| matches!(m, AgentMessage::Offer { .. })));
     }
 
+    /// 15 minutes after a call ended the engine forgets its id; the
+    /// gateway may then use it for a new call, whose record must not
+    /// replace the first call's.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_id_used_again_after_the_window_keeps_both_calls_in_history() {
+        use crate::protocol::gateway::EndReason;
+        use crate::store::{CallQuery, Viewer};
+        let dir = tempfile::tempdir().expect("dir");
+        let cfg = crate::config::parse(CONFIG, std::path::Path::new("t.toml")).expect("config");
+        let (app, store) = crate::server::app_without_listener(cfg, dir.path().to_owned()).await.expect("app");
+        let shard = app.shard_for(&"acme".into()).expect("shard").clone();
+        let call = |from: &str| Input::Gateway {
+            account: "acme".into(),
+            event: GatewayEvent::CallInbound {
+                call_id: "c1".into(),
+                to: "+15550100".into(),
+                from: from.into(),
+                priority: None,
+            },
+        };
+        let ended = || Input::Gateway {
+            account: "acme".into(),
+            event: GatewayEvent::CallEnded { call_id: "c1".into(), reason: EndReason::CallerHangup },
+        };
+        shard.input(call("+15551110000"), Origin::None);
+        shard.input(ended(), Origin::None);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(16 * 60)).await;
+        settle().await;
+        shard.input(call("+15552220000"), Origin::None);
+        shard.input(ended(), Origin::None);
+        settle().await;
+        store.journal().flush().expect("flush");
+        let owner = Viewer { account: "acme".into(), user: "alice".into(), manager: true, assigned: vec![] };
+        let page = app.history.calls(&owner, &CallQuery::default()).expect("query");
+        let froms: Vec<String> = page.items.iter().map(|c| c.from.to_string()).collect();
+        assert_eq!(froms, ["+15552220000", "+15551110000"], "each call keeps its own record, newest first");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn announcements_fire_on_their_period() {
         let dir = tempfile::tempdir().expect("dir");

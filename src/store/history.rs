@@ -671,6 +671,45 @@ mod tests {
     }
 
     #[test]
+    fn an_id_used_again_later_keeps_both_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let j = store.journal();
+        let h = store.history();
+        // The gateway used c1, m1 and c1's voicemail id again an hour later,
+        // after the engine had forgotten them: new calls, new records.
+        let first = call("c1", N1, 100);
+        let mut again = call("c1", N1, 3_700);
+        again.from = "+15557770002".into();
+        let (m_first, mut m_again) = (message("m1", N1, 100), message("m1", N1, 3_700));
+        m_again.body = "the second one".into();
+        let (v_first, mut v_again) = (voicemail("c1", N1, 100), voicemail("c1", N1, 3_700));
+        v_again.url = "https://vm.test/second".into();
+        j.records(vec![
+            acme(Record::Call(first.clone())),
+            acme(Record::Message(m_first.clone())),
+            acme(Record::Voicemail(v_first.clone())),
+            acme(Record::Call(again.clone())),
+            acme(Record::Message(m_again.clone())),
+            acme(Record::Voicemail(v_again.clone())),
+            // A status names the latest message with its id.
+            acme(Record::MessageStatus { id: "m1".into(), status: DeliveryStatus::Delivered, at: t(3_710) }),
+        ]);
+        j.flush().unwrap();
+        let admin = viewer("acme", "adam", true, &[]);
+        assert_eq!(h.calls(&admin, &CallQuery::default()).unwrap().items, vec![again, first]);
+        let msgs = h.messages(&admin, &N1.into(), &MessageQuery::default()).unwrap().items;
+        assert_eq!(
+            msgs,
+            vec![
+                MessageView { message: m_again, status: Some(DeliveryStatus::Delivered), status_at: Some(t(3_710)) },
+                MessageView { message: m_first, status: None, status_at: None },
+            ]
+        );
+        assert_eq!(h.voicemails(&admin, &VoicemailQuery::default()).unwrap().items, vec![v_again, v_first]);
+    }
+
+    #[test]
     fn filters_by_number_time_and_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path());

@@ -1,9 +1,10 @@
 //! The write side of history: idempotent upserts, run by the writer thread
 //! inside its batch transaction.
 //!
-//! Every write is keyed by the record's id within its account, so replaying
-//! the journal (which re-emits the same records) or a gateway re-send never
-//! duplicates a row.
+//! Every write is keyed by the record's id and start time within its
+//! account: the same call written again updates its row, while a gateway
+//! id used again after the engine forgot it (a new call or message) gets a
+//! row of its own and leaves the earlier one as it was.
 
 use super::codec::{at, enum_name, int, to_json};
 use super::error::StoreError;
@@ -31,12 +32,12 @@ fn call(conn: &Connection, account: &AccountId, c: &CallRecord) -> Result<(), St
              placed_by, outcome, outcome_detail, origin_call, dial_call, attempts, started_at, answered_at,
              ended_at, wait_ms, talk_ms, restricted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
-         ON CONFLICT (account, id) DO UPDATE SET
+         ON CONFLICT (account, id, started_at) DO UPDATE SET
              kind = excluded.kind, number = excluded.number, from_phone = excluded.from_phone,
              to_phone = excluded.to_phone, priority = excluded.priority, rung = excluded.rung,
              answered_by = excluded.answered_by, placed_by = excluded.placed_by, outcome = excluded.outcome,
              outcome_detail = excluded.outcome_detail, origin_call = excluded.origin_call,
-             dial_call = excluded.dial_call, attempts = excluded.attempts, started_at = excluded.started_at,
+             dial_call = excluded.dial_call, attempts = excluded.attempts,
              answered_at = excluded.answered_at, ended_at = excluded.ended_at, wait_ms = excluded.wait_ms,
              talk_ms = excluded.talk_ms, restricted = excluded.restricted",
     )?
@@ -73,9 +74,9 @@ fn message(conn: &Connection, account: &AccountId, m: &MessageRecord) -> Result<
     conn.prepare_cached(
         "INSERT INTO messages (account, id, number, direction, from_phone, to_phone, body, at, sent_by, restricted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (account, id) DO UPDATE SET
+         ON CONFLICT (account, id, at) DO UPDATE SET
              number = excluded.number, direction = excluded.direction, from_phone = excluded.from_phone,
-             to_phone = excluded.to_phone, body = excluded.body, at = excluded.at, sent_by = excluded.sent_by,
+             to_phone = excluded.to_phone, body = excluded.body, sent_by = excluded.sent_by,
              restricted = excluded.restricted",
     )?
     .execute(params![
@@ -101,10 +102,13 @@ fn message_status(
     when: Instant,
 ) -> Result<(), StoreError> {
     // Statuses of an unknown message are dropped (the UPDATE matches
-    // nothing); an older status never overwrites a newer one.
+    // nothing); an older status never overwrites a newer one. A status
+    // belongs to the latest message with its id (an id used again names
+    // the new message).
     conn.prepare_cached(
         "UPDATE messages SET status = ?3, status_at = ?4
-         WHERE account = ?1 AND id = ?2 AND (status_at IS NULL OR status_at <= ?4)",
+         WHERE account = ?1 AND id = ?2 AND (status_at IS NULL OR status_at <= ?4)
+           AND at = (SELECT max(at) FROM messages WHERE account = ?1 AND id = ?2)",
     )?
     .execute(params![account.as_str(), id.as_str(), enum_name(&status)?, at(when)])?;
     Ok(())
@@ -114,9 +118,9 @@ fn voicemail(conn: &Connection, account: &AccountId, v: &VoicemailRecord) -> Res
     conn.prepare_cached(
         "INSERT INTO voicemails (account, call_id, number, from_phone, url, duration_ms, at, restricted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (account, call_id) DO UPDATE SET
+         ON CONFLICT (account, call_id, at) DO UPDATE SET
              number = excluded.number, from_phone = excluded.from_phone, url = excluded.url,
-             duration_ms = excluded.duration_ms, at = excluded.at, restricted = excluded.restricted",
+             duration_ms = excluded.duration_ms, restricted = excluded.restricted",
     )?
     .execute(params![
         account.as_str(),

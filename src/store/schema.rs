@@ -110,7 +110,81 @@ CREATE INDEX voicemails_by_number ON voicemails (account, number, at, call_id);
 // `rung` JSON array.
 const V2: &str = "DROP TABLE call_users;";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+// A gateway may use a call or message id again once the engine has
+// forgotten it (15 minutes after the call ended): it is a new call, with its
+// own outcome. Keyed by `(account, id)` alone, its record replaced the
+// earlier call's, which then vanished from history. The start time joins
+// each key; the indexes and columns stay as they were.
+const V3: &str = "
+CREATE TABLE calls_v3 (
+    account        TEXT    NOT NULL,
+    id             TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    number         TEXT    NOT NULL,
+    from_phone     TEXT    NOT NULL,
+    to_phone       TEXT    NOT NULL,
+    priority       INTEGER NOT NULL,
+    rung           TEXT    NOT NULL,
+    answered_by    TEXT,
+    placed_by      TEXT,
+    outcome        TEXT    NOT NULL,
+    outcome_detail TEXT    NOT NULL,
+    origin_call    TEXT,
+    dial_call      TEXT,
+    attempts       INTEGER NOT NULL,
+    started_at     INTEGER NOT NULL,
+    answered_at    INTEGER,
+    ended_at       INTEGER NOT NULL,
+    wait_ms        INTEGER NOT NULL,
+    talk_ms        INTEGER NOT NULL,
+    restricted     INTEGER NOT NULL,
+    PRIMARY KEY (account, id, started_at)
+) WITHOUT ROWID;
+INSERT INTO calls_v3 SELECT * FROM calls;
+DROP TABLE calls;
+ALTER TABLE calls_v3 RENAME TO calls;
+CREATE INDEX calls_by_time ON calls (account, ended_at, id);
+CREATE INDEX calls_by_number ON calls (account, number, ended_at, id);
+
+CREATE TABLE messages_v3 (
+    account    TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    number     TEXT    NOT NULL,
+    direction  TEXT    NOT NULL,
+    from_phone TEXT    NOT NULL,
+    to_phone   TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    at         INTEGER NOT NULL,
+    sent_by    TEXT,
+    restricted INTEGER NOT NULL,
+    status     TEXT,
+    status_at  INTEGER,
+    PRIMARY KEY (account, id, at)
+) WITHOUT ROWID;
+INSERT INTO messages_v3 SELECT * FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v3 RENAME TO messages;
+CREATE INDEX messages_by_number ON messages (account, number, at, id);
+
+CREATE TABLE voicemails_v3 (
+    account     TEXT    NOT NULL,
+    call_id     TEXT    NOT NULL,
+    number      TEXT    NOT NULL,
+    from_phone  TEXT    NOT NULL,
+    url         TEXT    NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    restricted  INTEGER NOT NULL,
+    PRIMARY KEY (account, call_id, at)
+) WITHOUT ROWID;
+INSERT INTO voicemails_v3 SELECT * FROM voicemails;
+DROP TABLE voicemails;
+ALTER TABLE voicemails_v3 RENAME TO voicemails;
+CREATE INDEX voicemails_by_time ON voicemails (account, at, call_id);
+CREATE INDEX voicemails_by_number ON voicemails (account, number, at, call_id);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
@@ -240,5 +314,58 @@ mod tests {
         assert_eq!(tables, 0, "call_users and its index are gone");
         let rung: String = conn.query_row("SELECT rung FROM calls WHERE id = 'c1'", [], |r| r.get(0)).unwrap();
         assert_eq!(rung, r#"["bob"]"#);
+    }
+
+    #[test]
+    fn version_3_keys_history_by_id_and_time_and_keeps_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = open_writer(&path).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(V2).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO calls VALUES ('acme', 'c1', 'inbound', 'support', '+1', '+2', 0, '[\"bob\"]', NULL, \
+             NULL, 'missed', '{}', NULL, NULL, 1, 10, NULL, 20, 10, 0, 0);
+             INSERT INTO messages VALUES ('acme', 'm1', '+2', 'outbound', '+2', '+1', 'hi', 30, 'bob', 0, 'sent', 31);
+             INSERT INTO voicemails VALUES ('acme', 'c1', '+2', '+1', 'https://vm.test/1', 5000, 40, 0);",
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut conn).unwrap(), 2);
+        let row: (String, i64, i64) = conn
+            .query_row("SELECT rung, started_at, ended_at FROM calls WHERE id = 'c1'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, (r#"["bob"]"#.to_string(), 10, 20));
+        let msg: (String, String) = conn
+            .query_row("SELECT body, status FROM messages WHERE id = 'm1'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!(msg, ("hi".to_string(), "sent".to_string()));
+        let url: String = conn.query_row("SELECT url FROM voicemails WHERE call_id = 'c1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(url, "https://vm.test/1");
+        // The same id at another time is a second row now.
+        conn.execute_batch(
+            "INSERT INTO calls VALUES ('acme', 'c1', 'inbound', 'support', '+1', '+2', 0, '[]', NULL, \
+             NULL, 'missed', '{}', NULL, NULL, 1, 5000, NULL, 5010, 10, 0, 0);
+             INSERT INTO messages VALUES ('acme', 'm1', '+2', 'inbound', '+1', '+2', 'again', 5000, NULL, 0, NULL, NULL);
+             INSERT INTO voicemails VALUES ('acme', 'c1', '+2', '+1', 'https://vm.test/2', 5000, 5020, 0);",
+        )
+        .unwrap();
+        for table in ["calls", "messages", "voicemails"] {
+            let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap();
+            assert_eq!(n, 2, "{table}");
+        }
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            indexes, 5,
+            "calls_by_time, calls_by_number, messages_by_number, voicemails_by_time, voicemails_by_number"
+        );
     }
 }
