@@ -160,7 +160,6 @@ impl Account {
     /// place (same priority and arrival), and the agent is not offered it
     /// again in this cycle.
     pub(crate) fn back_to_queue(&mut self, seq: Seq, agent: UserIx) {
-        let now = self.now;
         let Some(e) = self.entries.get_mut(&seq) else {
             return;
         };
@@ -168,15 +167,8 @@ impl Account {
         if !e.tried.contains(&agent) {
             e.tried.push(agent);
         }
-        let (key, n, arrived, caller) = (e.key(), e.number, e.arrived_at, !e.is_callback());
-        let cfg = &self.number(n).queue_cfg;
-        if caller && cfg.enabled && self.entries[&seq].max_wait_timer.is_none() {
-            let at = (arrived + cfg.max_wait).max(now);
-            let t = self.arm(at, Timer::MaxWait(seq));
-            if let Some(e) = self.entries.get_mut(&seq) {
-                e.max_wait_timer = Some(t);
-            }
-        }
+        let key = e.key();
+        self.arm_max_wait(seq);
         self.enqueue(key);
     }
 

@@ -229,6 +229,9 @@ impl Account {
             return;
         }
         let announce = cfg.announce_position;
+        // A call that was ringing when the queue was switched on had no
+        // `max_wait` running; it starts counting from its arrival now.
+        self.arm_max_wait(seq);
         let position = self.position(key);
         let (ewt_ms, ewt_known) = self.estimate(n, position);
         let now = self.now;
@@ -333,6 +336,24 @@ impl Account {
             }
         }
         self.record(super::history::Record::Call(record));
+    }
+
+    /// Arms a waiting caller's `max_wait` (counted from its arrival, never
+    /// in the past) if its number queues and none is running.
+    pub(crate) fn arm_max_wait(&mut self, seq: Seq) {
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
+        let (n, arrived) = (e.number, e.arrived_at);
+        let cfg = &self.number(n).queue_cfg;
+        if e.is_callback() || !cfg.enabled || e.max_wait_timer.is_some() {
+            return;
+        }
+        let at = (arrived + cfg.max_wait).max(self.now);
+        let t = self.arm(at, Timer::MaxWait(seq));
+        if let Some(e) = self.entries.get_mut(&seq) {
+            e.max_wait_timer = Some(t);
+        }
     }
 
     /// `max_wait` passed for a caller still waiting.
@@ -659,6 +680,37 @@ mod tests {
         assert_eq!(b.call_record("rung").unwrap().outcome, Outcome::Missed);
         let missed = b.user_msgs("a").into_iter().filter(|m| matches!(m, AgentMessage::MissedCall { .. })).count();
         assert_eq!(missed, 2);
+        b.check();
+    }
+
+    #[test]
+    fn a_call_ringing_when_the_queue_is_switched_on_gets_its_max_wait() {
+        use crate::protocol::agent::{AgentCommand, WantedStatus};
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        let closed = QueueSettings { enabled: false, ..Default::default() };
+        let open = QueueSettings { enabled: true, max_wait: Duration::from_secs(60), ..Default::default() };
+        assert!(b.number(N, &["a"], RoutingSettings::default(), closed).result.is_ok());
+        b.connect("a");
+        b.inbound("c1", N);
+        assert_eq!(b.offered_users(), ["a"]);
+        b.advance(Duration::from_secs(10));
+        assert!(b.number(N, &["a"], RoutingSettings::default(), open).result.is_ok());
+        b.agent("a", AgentCommand::StatusSet { status: WantedStatus::Away, reason: None });
+        assert_eq!(queued(&b), [("c1".to_string(), 1)], "c1 now waits");
+        b.take();
+        // Counted from the call's arrival: 60 s after it, 50 s from here.
+        let overflowed = |b: &Bed| b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. }));
+        b.advance(Duration::from_secs(49));
+        assert!(!overflowed(&b), "{:?}", b.gateway_cmds());
+        b.advance(Duration::from_secs(1));
+        assert!(
+            b.gateway_cmds()
+                .iter()
+                .any(|c| matches!(c, GatewayCommand::CallVoicemail { reason: OverflowReason::MaxWait, .. })),
+            "{:?}",
+            b.gateway_cmds()
+        );
         b.check();
     }
 }
