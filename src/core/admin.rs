@@ -942,7 +942,9 @@ impl Account {
         if number.rr_last.is_some_and(|p| p >= len) {
             number.rr_last = None;
         }
-        self.mark_stats(n);
+        // Announcements may have been switched back on for callers already
+        // waiting: a sweep picks them up (and marks the stats).
+        self.positions_changed(n);
     }
 }
 

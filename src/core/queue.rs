@@ -713,4 +713,29 @@ mod tests {
         );
         b.check();
     }
+
+    #[test]
+    fn announcements_switched_off_and_on_resume_for_callers_already_waiting() {
+        let on = QueueSettings {
+            announce_every: Duration::from_secs(30),
+            max_wait: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let off = QueueSettings { announce_position: false, ..on.clone() };
+        let mut b = bed(on.clone());
+        b.inbound("c1", N);
+        assert_eq!(queued(&b), [("c1".to_string(), 1)]);
+        b.advance(Duration::from_secs(5));
+        assert!(b.number(N, &["a"], RoutingSettings::default(), off).result.is_ok());
+        b.advance(Duration::from_secs(60));
+        assert!(announced(&b).is_empty(), "off: {:?}", announced(&b));
+        assert!(b.number(N, &["a"], RoutingSettings::default(), on).result.is_ok());
+        b.take();
+        b.advance(Duration::from_secs(1));
+        assert_eq!(announced(&b), [("c1".to_string(), 1)], "back on: the overdue announcement goes out");
+        b.take();
+        b.advance(Duration::from_secs(30));
+        assert_eq!(announced(&b), [("c1".to_string(), 1)], "and then every 30 s");
+        b.check();
+    }
 }
