@@ -256,6 +256,10 @@ impl Account {
         self.count_user(u, old, lifecycle, -1);
         self.user_mut(u).role = role;
         self.count_user(u, role, lifecycle, 1);
+        if old != role {
+            // A demoted user's `queue.stats` narrow or end at once.
+            self.refresh_subscriptions();
+        }
     }
 
     /// Changes only the lifecycle field and the counts; callers re-derive

@@ -17,7 +17,7 @@
 
 use super::account::Account;
 use super::error::CoreError;
-use super::ids::{ConnId, NumberId, UserId, is_e164};
+use super::ids::{NumberId, UserId, is_e164};
 use super::invite::{Invite, InviteSpec};
 use super::number::Number;
 use super::offer::OfferEnd;
@@ -457,21 +457,8 @@ impl Account {
 
     fn after_plan_change(&mut self) {
         self.note_plan_change();
-        self.drop_unauthorized_subscriptions();
-    }
-
-    /// `queue.stats` subscriptions of users who may no longer supervise
-    /// (demoted, or the plan lost supervisors) end at once.
-    fn drop_unauthorized_subscriptions(&mut self) {
-        let stale: Vec<ConnId> = self
-            .subs
-            .keys()
-            .copied()
-            .filter(|c| self.conn_user.get(c).is_none_or(|&u| !self.user(u).role.may(Action::Supervise, self.plan)))
-            .collect();
-        for conn in stale {
-            self.unsubscribe(conn);
-        }
+        // Supervisors may have gone with the plan.
+        self.refresh_subscriptions();
     }
 
     fn set_role(&mut self, by: By, u: UserIx, role: Role) -> Result<Reply, CoreError> {
@@ -499,7 +486,6 @@ impl Account {
             return Ok(Reply::ReadOnly);
         }
         self.set_user_role(u, role);
-        self.drop_unauthorized_subscriptions();
         self.publish_user(u);
         Ok(Reply::Done)
     }
@@ -945,6 +931,8 @@ impl Account {
         // Announcements may have been switched back on for callers already
         // waiting: a sweep picks them up (and marks the stats).
         self.positions_changed(n);
+        // Who may see this number's stats may have changed with it.
+        self.refresh_subscriptions();
     }
 }
 

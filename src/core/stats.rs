@@ -19,24 +19,77 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 impl Account {
     pub(crate) fn subscribe_queues(&mut self, u: UserIx, conn: ConnId) -> Result<(), CoreError> {
         self.require_supervision(u)?;
-        let numbers: Vec<NumberIx> = if self.user(u).role.is_manager() {
-            (0..self.numbers.len() as u32).map(NumberIx).collect()
-        } else {
-            self.user(u).assigned.clone()
-        };
-        self.unsubscribe(conn);
-        for &n in &numbers {
-            self.number_mut(n).stats_subs.insert(conn);
-            *self.subscribed_numbers.entry(n).or_default() += 1;
-            let msg = self.queue_stats(n);
-            self.send_conn(conn, msg);
-        }
-        self.subs.insert(conn, numbers);
+        let numbers = self.stats_numbers(u);
         // The snapshot counts as this interval's message.
         if self.stats_timer.is_none() {
             self.last_stats_flush = Some(self.now);
         }
+        self.unsubscribe(conn);
+        self.subscribe_to(conn, numbers.clone());
+        for n in numbers {
+            let msg = self.queue_stats(n);
+            self.send_conn(conn, msg);
+        }
         Ok(())
+    }
+
+    /// The numbers whose stats `u` may see: every number for a manager, the
+    /// assigned ones for a supervisor; sorted.
+    fn stats_numbers(&self, u: UserIx) -> Vec<NumberIx> {
+        let mut numbers: Vec<NumberIx> = if self.user(u).role.is_manager() {
+            (0..self.numbers.len() as u32).map(NumberIx).collect()
+        } else {
+            self.user(u).assigned.clone()
+        };
+        numbers.sort();
+        numbers
+    }
+
+    fn subscribe_to(&mut self, conn: ConnId, numbers: Vec<NumberIx>) {
+        let mut waiting = false;
+        for &n in &numbers {
+            let number = self.number_mut(n);
+            number.stats_subs.insert(conn);
+            waiting |= !number.callers.is_empty();
+            *self.subscribed_numbers.entry(n).or_default() += 1;
+        }
+        self.subs.insert(conn, numbers);
+        // Waiting callers' numbers are refreshed every interval, even when
+        // nothing else happens to mark them.
+        if waiting {
+            self.ensure_stats_timer();
+        }
+    }
+
+    /// Brings every `queue.stats` subscription in line with what its user
+    /// may see now, after a change of roles, plan or a number's assignment:
+    /// a user who may no longer supervise loses the subscription, a number
+    /// no longer visible stops, and a number newly visible starts with its
+    /// snapshot. Subscribers are few (supervisors' connections), so this
+    /// walks them all.
+    pub(crate) fn refresh_subscriptions(&mut self) {
+        if self.subs.is_empty() {
+            return;
+        }
+        let conns: Vec<ConnId> = self.subs.keys().copied().collect();
+        for conn in conns {
+            let user = self.conn_user.get(&conn).copied();
+            let Some(u) = user.filter(|&u| self.require_supervision(u).is_ok()) else {
+                self.unsubscribe(conn);
+                continue;
+            };
+            let allowed = self.stats_numbers(u);
+            let current = self.subs.get(&conn).cloned().unwrap_or_default();
+            if allowed == current {
+                continue;
+            }
+            self.unsubscribe(conn);
+            self.subscribe_to(conn, allowed.clone());
+            for n in allowed.into_iter().filter(|n| !current.contains(n)) {
+                let msg = self.queue_stats(n);
+                self.send_conn(conn, msg);
+            }
+        }
     }
 
     pub(crate) fn unsubscribe(&mut self, conn: ConnId) {

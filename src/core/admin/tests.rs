@@ -559,6 +559,66 @@ fn demotion_ends_queue_stats_at_once() {
     b.check();
 }
 
+/// The numbers whose `queue.stats` reached `conn`, sorted.
+fn stats_numbers(b: &Bed, conn: ConnId) -> Vec<String> {
+    let mut n: Vec<String> = b
+        .conn_msgs(conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            AgentMessage::QueueStats { number, .. } => Some(number.to_string()),
+            _ => None,
+        })
+        .collect();
+    n.sort();
+    n.dedup();
+    n
+}
+
+/// Callers wait on both numbers (nobody takes them), so every stats flush
+/// covers both.
+fn stats_world() -> Bed {
+    let mut b = live_world(Pro);
+    b.inbound("w1", N);
+    b.inbound("w2", N2);
+    b.take();
+    b
+}
+
+#[test]
+fn queue_stats_follow_a_supervisors_assignments() {
+    let mut b = stats_world();
+    let sup = b.conns[&UserId::from("sup")][0];
+    assert!(b.agent("sup", ws_command(Ws::Subscribe)).result.is_ok());
+    assert_eq!(stats_numbers(&b, sup), [N], "assigned to Support only");
+    b.take();
+    // Moved from Support to Sales.
+    done(&b.admin(AdminCommand::UpsertNumber { number: N.into(), spec: spec("Support", &["t1"], None) }));
+    done(&b.admin(AdminCommand::UpsertNumber { number: N2.into(), spec: spec("Sales", &["t1", "sup"], None) }));
+    assert_eq!(stats_numbers(&b, sup), [N2], "Sales' snapshot at once");
+    b.take();
+    b.advance(std::time::Duration::from_secs(5));
+    assert_eq!(stats_numbers(&b, sup), [N2], "and never Support again");
+    b.check();
+}
+
+#[test]
+fn queue_stats_narrow_when_a_manager_becomes_a_supervisor_and_grow_with_new_numbers() {
+    let mut b = stats_world();
+    let adm = b.conns[&UserId::from("adm")][0];
+    assert!(b.agent("adm", ws_command(Ws::Subscribe)).result.is_ok());
+    assert_eq!(stats_numbers(&b, adm), [N, N2], "a manager sees every number");
+    b.take();
+    const N3: &str = "+15550102";
+    done(&b.admin(AdminCommand::UpsertNumber { number: N3.into(), spec: spec("Night", &["t1"], None) }));
+    assert_eq!(stats_numbers(&b, adm), [N3], "a new number's snapshot");
+    b.take();
+    done(&by(&mut b, "own", AdminCommand::SetRole { user: "adm".into(), role: Role::Supervisor }));
+    b.take();
+    b.advance(std::time::Duration::from_secs(5));
+    assert_eq!(stats_numbers(&b, adm), [N], "as a supervisor, only what it is assigned to: {:?}", b.conn_msgs(adm));
+    b.check();
+}
+
 // ---- invitations ----------------------------------------------------------
 
 fn accept(b: &mut Bed, invite: &str, tok: &str) -> Handled {
