@@ -21,8 +21,13 @@ use crate::protocol::gateway::{DialOutcome, GatewayCommand};
 impl Account {
     pub(crate) fn on_callback_requested(&mut self, call_id: CallId, phone: Option<Phone>) -> Result<Reply, CoreError> {
         let Some(&seq) = self.entry_by_call.get(&call_id) else {
-            if self.recent.contains(&RecentKey::Call(call_id.clone())) {
+            if self.recent.contains(&RecentKey::CallbackRequested(call_id.clone())) {
                 return Ok(Reply::Duplicate);
+            }
+            if self.recent.contains(&RecentKey::Call(call_id.clone())) {
+                // It ended otherwise (overflow, hang-up, answered) before
+                // the request arrived: nothing will call the caller back.
+                return Err(CoreError::conflict(format!("call {call_id} is over; no callback was registered")));
             }
             if self.calls.contains_key(&call_id) {
                 return Err(CoreError::conflict(format!("call {call_id} is already connected to an agent")));
@@ -92,6 +97,7 @@ impl Account {
             restricted,
         }));
         self.remember(RecentKey::Call(call_id.clone()), Some((n, self.entries[&seq].from.clone(), restricted)));
+        self.remember(RecentKey::CallbackRequested(call_id.clone()), None);
         let position = self.position(key);
         self.send_gateway(GatewayCommand::CallbackAccepted { call_id, callback_id, position });
         self.dirty.insert(key);
@@ -453,6 +459,30 @@ mod tests {
         let h = b.gw(GatewayEvent::CallbackRequested { call_id: "c1".into(), phone: Some("call me".into()) });
         assert_eq!(h.result.unwrap_err().code, crate::protocol::ErrorCode::BadRequest);
         assert!(!h.journal);
+        b.check();
+    }
+
+    #[test]
+    fn a_request_for_a_call_that_ended_otherwise_is_refused_not_acked_as_a_repeat() {
+        let mut b = Bed::new();
+        b.agents(&["a"]);
+        let q = QueueSettings { max_wait: Duration::from_secs(60), callback: true, ..Default::default() };
+        assert!(b.number(N, &["a"], RoutingSettings::default(), q).result.is_ok());
+        b.inbound("c1", N);
+        b.advance(Duration::from_secs(60));
+        assert!(b.gateway_cmds().iter().any(|c| matches!(c, GatewayCommand::CallVoicemail { .. })));
+        b.take();
+        // The caller pressed the key just as max_wait sent it to voicemail.
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: "c1".into(), phone: None });
+        assert_eq!(h.result.map_err(|e| e.code), Err(crate::protocol::ErrorCode::Conflict));
+        assert!(b.gateway_cmds().iter().all(|c| !matches!(c, GatewayCommand::CallbackAccepted { .. })));
+        // A real repeat still is one.
+        b.inbound("c2", N);
+        let cb = request(&mut b, "c2");
+        assert!(!cb.is_empty());
+        b.take();
+        let h = b.gw(GatewayEvent::CallbackRequested { call_id: "c2".into(), phone: None });
+        assert_eq!(h.result, Ok(Reply::Duplicate));
         b.check();
     }
 }

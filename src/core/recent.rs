@@ -31,6 +31,10 @@ pub(crate) enum RecentKey {
     Callback(CallbackId),
     Message(MessageId),
     Voicemail(CallId),
+    /// The call ended because its caller asked for a callback: only then is
+    /// a later `callback.requested` for it a repeat. (Last, so snapshots
+    /// written before it existed still read.)
+    CallbackRequested(CallId),
 }
 
 /// What a finished call leaves behind for a voicemail that arrives later:
@@ -113,7 +117,7 @@ impl Account {
                 RecentKey::Call(c) => Some(RouteKey::Call(c)),
                 RecentKey::Callback(c) => Some(RouteKey::Callback(c)),
                 RecentKey::Message(m) => Some(RouteKey::Message(m)),
-                RecentKey::Voicemail(_) => None,
+                RecentKey::Voicemail(_) | RecentKey::CallbackRequested(_) => None,
             };
             if let Some(key) = route {
                 self.out.push(Output::Directory(DirectoryChange::Unbind { account: self.id.clone(), key }));
@@ -133,7 +137,7 @@ impl Recent {
             RecentKey::Call(c) => Some(RouteKey::Call(c.clone())),
             RecentKey::Callback(c) => Some(RouteKey::Callback(c.clone())),
             RecentKey::Message(m) => Some(RouteKey::Message(m.clone())),
-            RecentKey::Voicemail(_) => None,
+            RecentKey::Voicemail(_) | RecentKey::CallbackRequested(_) => None,
         })
     }
 }
