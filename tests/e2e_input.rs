@@ -321,6 +321,54 @@ async fn floods_are_rate_limited_and_the_connection_survives() {
     srv.stop().await;
 }
 
+/// A gateway carries every account: it may have ten times the bad frames
+/// of a softphone (200 within a minute), and the engine's refusals of
+/// well-formed events (here `conflict`) do not count.
+#[tokio::test]
+async fn a_gateway_is_closed_only_after_ten_times_the_abuse_limit() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut gw = srv.gateway().await;
+    // c1 waits (nobody is logged in); the engine refuses callbacks on N.
+    gw.acked(json!({"type": "call.inbound", "call_id": "c1", "to": N, "from": "+15557770000"})).await;
+    for _ in 0..30 {
+        let seq = gw.event(json!({"type": "callback.requested", "call_id": "c1"})).await;
+        let e = gw.c.expect_where("error", |m| m["type"] == "error" && m["seq"] == seq).await;
+        assert_eq!(e["code"], "conflict", "{e}");
+    }
+    for _ in 0..199 {
+        gw.c.send_raw(Message::Text("garbage".into())).await;
+    }
+    gw.acked(json!({"type": "call.inbound", "call_id": "c2", "to": N, "from": "+1"})).await;
+    gw.c.send_raw(Message::Text("garbage".into())).await;
+    let closed = gw.c.expect_close().await;
+    assert_eq!(closed.map(|c| c.0), Some(1008), "the 200th bad frame closes it");
+    srv.stop().await;
+}
+
+/// Well-formed commands the engine refuses are error replies too: a
+/// softphone looping on a stale offer is closed like one sending garbage.
+#[tokio::test]
+async fn the_engines_refusals_count_towards_the_abuse_limit() {
+    let srv = TestServer::start(&cfg()).await;
+    let mut a = srv.agent("a1").await;
+    let decline = async |a: &mut Client, i: u32| {
+        a.send(json!({"type": "offer.decline", "offer_id": format!("o{}", 1000 + i), "ref": format!("r{i}")})).await;
+        let e = a.expect_where("error", |m| m["type"] == "error").await;
+        assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("not_found"), Some(format!("r{i}").as_str())));
+    };
+    for i in 0..19 {
+        decline(&mut a, i).await;
+    }
+    a.send(json!({"type": "ping", "ref": "still"})).await;
+    assert_eq!(a.expect("pong").await["ref"], "still", "19 errors: still open");
+    decline(&mut a, 19).await;
+    // The twentieth is counted when the next frame is read.
+    a.send(json!({"type": "ping", "ref": "closed"})).await;
+    let closed = a.expect_close().await;
+    assert_eq!(closed.map(|c| c.0), Some(1008), "20 error replies within a minute close the connection");
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn sustained_bad_input_closes_the_connection() {
     let srv = TestServer::start(&cfg()).await;

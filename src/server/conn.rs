@@ -99,6 +99,9 @@ struct Outbox {
     /// to its user. Before that, such messages describe a state its
     /// `hello` will already show.
     greeted: std::sync::atomic::AtomicBool,
+    /// Error replies the engine sent to this connection that its reader
+    /// has not yet counted towards the abuse limit.
+    engine_errors: std::sync::atomic::AtomicU32,
     /// A softphone's socket (none for gateways, or once closing). Its task
     /// reads and writes it through [`SocketRef`]; a sender writes to it
     /// itself when nothing is queued or being written (see
@@ -152,6 +155,7 @@ impl ConnHandle {
             wake: Notify::new(),
             cap: queue.max(1),
             greeted,
+            engine_errors: std::sync::atomic::AtomicU32::new(0),
             socket: Mutex::new(None),
         });
         (ConnHandle { id, kind, encoding, outbox: outbox.clone() }, ConnRx { outbox })
@@ -172,6 +176,16 @@ impl ConnHandle {
 
     pub fn greeted(&self) -> bool {
         self.outbox.greeted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The engine refused one of this connection's commands; the reader
+    /// counts it towards the abuse limit with the next frame it reads.
+    pub fn note_engine_error(&self) {
+        self.outbox.engine_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_engine_errors(&self) -> u32 {
+        self.outbox.engine_errors.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a message; a full queue closes the connection. Returns
@@ -847,7 +861,12 @@ pub async fn serve_single(
                     Message::Close(_) => break None,
                     _ => continue,
                 };
-                if !policy.admit(bytes, enc, now, &mut on_frame, &on_error) {
+                // The engine's refusals of earlier commands count as well: a
+                // softphone looping on a stale offer is closed like one
+                // sending garbage.
+                if policy.abuse.hit_times(now, handle.take_engine_errors())
+                    || !policy.admit(bytes, enc, now, &mut on_frame, &on_error)
+                {
                     break Some(CloseRequest { code: close::POLICY, reason: policy.abuse_reason.into() });
                 }
             }
@@ -993,6 +1012,11 @@ pub struct AbuseMeter {
 impl AbuseMeter {
     pub fn new(limit: u32, window: Duration) -> Self {
         AbuseMeter { limit, window, hits: Default::default() }
+    }
+
+    /// Records `n` errors; true when the connection should be closed.
+    pub fn hit_times(&mut self, now: tokio::time::Instant, n: u32) -> bool {
+        (0..n).fold(false, |close, _| self.hit(now) || close)
     }
 
     /// Records one error; true when the connection should be closed.

@@ -118,6 +118,9 @@ async fn run(
             cfg.rate_limit_burst.saturating_mul(GATEWAY_SCALE),
             Clock::tokio_now(),
         ),
+        // One gateway carries every account's calls, so closing it costs far
+        // more than closing a softphone: ten times the limit, and only the
+        // shell's refusals count (docs/protocol.md, "Abuse").
         abuse: AbuseMeter::new(
             cfg.abuse_errors_before_close.saturating_mul(10),
             crate::config::ServerSettings::ABUSE_WINDOW,

@@ -519,6 +519,10 @@ fn reply(app: &App, origin: Origin, result: Result<Reply, CoreError>, after: u64
             if let Err(e) = result
                 && let Some(c) = app.dir.conns.get(&conn).map(|c| c.value().clone())
             {
+                // Busy is the server's fault, not the client's.
+                if e.code != crate::protocol::ErrorCode::Unavailable {
+                    c.note_engine_error();
+                }
                 let msg = AgentMessage::Error { ref_, code: e.code, message: e.message };
                 c.send(Outbound::Agent { msg: Arc::new(msg), born: None });
             }
