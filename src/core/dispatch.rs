@@ -4,7 +4,8 @@
 //!
 //! After every input the account *settles*: first each user who just became
 //! eligible takes the oldest entry (priority, then arrival) among all the
-//! numbers it serves; then those of them who had turned down every ready
+//! numbers it serves (an entry that is the oldest for several of them goes
+//! to the one its number's strategy prefers); then those of them who had turned down every ready
 //! entry start a new cycle; then each entry that lost its offers is routed
 //! by its number's strategy. Agents go first so that a freed agent serves
 //! the longest-waiting caller across its numbers, not whichever call
@@ -60,14 +61,45 @@ impl Account {
 
     /// A user became eligible: offer it the oldest ready entry it has not
     /// already turned down in this cycle. Returns false if there is none.
+    ///
+    /// When one input freed several users (a `ring_all` call answered
+    /// revokes the others' offers), the entry goes to whichever of them its
+    /// number's strategy prefers, not to the first one freed; `u` then
+    /// looks again.
     fn take_oldest(&mut self, u: UserIx) -> bool {
-        match self.oldest_for(u).0 {
-            Some(k) => {
-                self.offer_and_announce(k.seq, &[u]);
-                true
-            }
-            None => false,
+        let Some(k) = self.oldest_for(u).0 else {
+            return false;
+        };
+        let w = self.pick_among_freed(k, u);
+        self.offer_and_announce(k.seq, &[w]);
+        if w != u {
+            self.freed.push_front(u);
         }
+        true
+    }
+
+    /// Among `u` and the users freed with it for whom `key` is also the
+    /// oldest entry (so queue order holds for whoever gets it), the one the
+    /// entry's strategy picks. Idle users who were not freed have all turned
+    /// the entry down already: it waited with no offer out while they idled.
+    fn pick_among_freed(&self, key: QKey, u: UserIx) -> UserIx {
+        let e = &self.entries[&key.seq];
+        let number = self.number(e.number);
+        let strategy = number.routing.strategy;
+        if strategy == Strategy::RingAll || self.freed.is_empty() {
+            return u;
+        }
+        let candidate = |v: UserIx| {
+            v == u
+                || (self.user(v).in_pools
+                    && !e.tried.contains(&v)
+                    && self.freed.contains(&v)
+                    && self.oldest_for(v).0 == Some(key))
+        };
+        number
+            .pool
+            .select(strategy, number.rr_last, |pos| !candidate(number.targets[pos as usize]))
+            .map_or(u, |p| number.targets[p as usize])
     }
 
     /// For an eligible user: the oldest ready entry it has not turned down
@@ -492,5 +524,33 @@ mod tests {
         assert_eq!(b.offers_to("v").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c97"]);
         assert_eq!(b.offers_to("u").iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["c99"]);
         b.check();
+    }
+
+    /// x, y and z ring for a `ring_all` call; z answers, which frees x and
+    /// y in one input while b1 waits on a `longest_idle` number of x and y.
+    /// y has been idle longer, so y gets it, whichever was freed first.
+    #[test]
+    fn agents_freed_together_are_picked_by_the_waiting_entrys_strategy() {
+        const A: &str = "+15550101";
+        const B: &str = "+15550102";
+        for (first, second) in [("y", "x"), ("x", "y")] {
+            let mut b = Bed::new();
+            b.agents(&["x", "y", "z"]);
+            b.simple_number(A, &["x", "y", "z"], Strategy::RingAll);
+            b.simple_number(B, &["x", "y"], Strategy::LongestIdle);
+            b.connect(first);
+            b.advance(Duration::from_secs(10));
+            b.connect(second);
+            b.connect("z");
+            b.take();
+            b.inbound("a1", A);
+            let oz = b.offer_to("z");
+            b.inbound("b1", B);
+            b.take();
+            assert!(b.accept("z", oz).result.is_ok());
+            assert_eq!(b.offers_to(first).len(), 1, "{first} has been idle longest: it gets b1");
+            assert!(b.offers_to(second).is_empty(), "{second} stays idle");
+            b.check();
+        }
     }
 }
