@@ -89,6 +89,11 @@ fn params(
         accepted.extend(["since", "until", "cursor", "limit"]);
         return Err(bad(format!("{endpoint} does not take the {name} parameter; it takes {}", accepted.join(", "))));
     }
+    // Out of range is refused, not clamped: a client asking for 1,000 rows
+    // would otherwise read 500 as all there is on the page.
+    if let Some(l) = p.limit.filter(|l| !(1..=crate::store::MAX_LIMIT).contains(l)) {
+        return Err(bad(format!("limit must be 1 to {}, not {l}", crate::store::MAX_LIMIT)));
+    }
     Ok(p)
 }
 
@@ -366,6 +371,11 @@ mod tests {
         assert!(e.1.ends_with("it takes since, until, cursor, limit"), "{}", e.1);
         assert!(messages("outcome=missed").unwrap_err().1.contains("the outcome parameter"));
         assert!(calls("colour=red").unwrap_err().1.contains("unknown field `colour`"));
+        assert!(calls("limit=1").is_ok() && calls("limit=500").is_ok());
+        for (q, l) in [("limit=0", 0), ("limit=501", 501)] {
+            let e = messages(q).unwrap_err();
+            assert_eq!((e.0, e.1), (ErrorCode::BadRequest, format!("limit must be 1 to 500, not {l}")));
+        }
     }
 
     fn at(s: &str) -> Result<Option<Instant>, ApiError> {
