@@ -5,9 +5,9 @@
 //! After every input the account *settles*: first each user who just became
 //! eligible takes the oldest entry (priority, then arrival) among all the
 //! numbers it serves (an entry that is the oldest for several of them goes
-//! to the one its number's strategy prefers); then those of them who had turned down every ready
-//! entry start a new cycle; then each entry that lost its offers is routed
-//! by its number's strategy. Agents go first so that a freed agent serves
+//! to the one its number's strategy prefers); then those of them who had
+//! turned down every ready entry start a new cycle; then each entry that
+//! lost its offers is routed by its number's strategy. Agents go first so that a freed agent serves
 //! the longest-waiting caller across its numbers, not whichever call
 //! happened to trigger the decision. New cycles wait for every freed agent's
 //! pick because re-routing an entry by its strategy may ring any idle
